@@ -1,0 +1,33 @@
+# `make demo` and `make test` set everything up on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install demo test lint clean
+
+install: $(STAMP)
+
+# torch is installed first, pinned to the CPU build that pip finds locally, so
+# the project's range (which admits it) installs no second, CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet "torch==2.13.0" || $(BIN)/python -m pip install --quiet "torch>=2.4,<2.15"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/ftray train search_spaces/trigger_tiny.yaml --out runs/demo
+
+lint: install
+	$(BIN)/ruff check ftray tests bench
+	$(BIN)/ruff format --check ftray tests bench
+
+test: install lint
+	$(BIN)/python -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

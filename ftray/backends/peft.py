@@ -1,0 +1,73 @@
+"""transformers + bitsandbytes NF4 + peft LoRA: the backend that runs everywhere."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ftray.spec import LoraSpec, ModelSpec
+
+
+def compute_dtype() -> Any:
+    """bfloat16 on a GPU that supports it, float32 otherwise (CPU)."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def load_tokenizer(base: str) -> Any:
+    """The base's tokenizer, with a pad token (eos when it has none)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.chat_template is None:
+        raise ValueError(
+            f"the tokenizer of {base} has no chat template; pick an instruct/chat model"
+        )
+    return tokenizer
+
+
+def lora_config(lora: LoraSpec) -> Any:
+    """peft LoraConfig mapped from the spec."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+class PeftBackend:
+    """4-bit NF4 base through bitsandbytes, LoRA through peft."""
+
+    name = "peft"
+
+    def load(self, base: str, model: ModelSpec, lora: LoraSpec, seed: int) -> tuple[Any, Any]:
+        """Load the base (4-bit when `model.load_in_4bit`) and attach a fresh LoRA adapter."""
+        import torch
+        from peft import get_peft_model
+        from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+        dtype = compute_dtype()
+        kwargs: dict[str, Any] = {"dtype": dtype}
+        if model.load_in_4bit:
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_compute_dtype=dtype,
+                bnb_4bit_use_double_quant=True,
+            )
+        if torch.cuda.is_available():
+            kwargs["device_map"] = {"": torch.cuda.current_device()}
+        base_model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
+        base_model.config.use_cache = False
+        torch.manual_seed(seed)
+        peft_model = get_peft_model(base_model, lora_config(lora))
+        return peft_model, load_tokenizer(base)

@@ -1,0 +1,311 @@
+"""The pipeline task: each step of a multi-step annotation pipeline answers with JSON
+that must satisfy that step's JSON Schema."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+from jsonschema.validators import validator_for
+
+from ftray.errors import InputError, Problem
+from ftray.spec import PipelineTaskSpec, Spec
+from ftray.tasks import EvalCase, Row
+from ftray.tasks.jsonl import MAX_PROBLEMS, check_keys, read_jsonl, sha256_of
+
+_FENCE = re.compile(r"^```(?:json)?\s*\n?(.*?)\n?```$", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class StepExample:
+    """One instruction and the JSON object a step should produce for it."""
+
+    step: str
+    instruction: str
+    output: dict[str, Any]
+
+
+def parse_json_output(text: str) -> tuple[bool, Any]:
+    """(parsed, value) for a model response; a surrounding ```json fence is allowed."""
+    stripped = text.strip()
+    fenced = _FENCE.match(stripped)
+    if fenced:
+        stripped = fenced[1].strip()
+    try:
+        return True, json.loads(stripped)
+    except (json.JSONDecodeError, ValueError):
+        return False, None
+
+
+def field_accuracy(expected: dict[str, Any], actual: Any) -> float:
+    """Share of the expected top-level fields that the output reproduces exactly."""
+    if not expected:
+        return 1.0
+    if not isinstance(actual, dict):
+        return 0.0
+    return sum(k in actual and actual[k] == v for k, v in expected.items()) / len(expected)
+
+
+def score_step_output(text: str, expected: dict[str, Any], validator: Any) -> dict[str, float]:
+    """json_valid, schema_valid and field_accuracy of one response."""
+    parsed, value = parse_json_output(text)
+    return {
+        "json_valid": float(parsed),
+        "schema_valid": float(parsed and validator.is_valid(value)),
+        "field_accuracy": field_accuracy(expected, value) if parsed else 0.0,
+    }
+
+
+def _json_pointer(document: Any, pointer: str) -> Any:
+    node = document
+    for part in pointer.strip("/").split("/") if pointer.strip("/") else []:
+        key = part.replace("~1", "/").replace("~0", "~")
+        node = node[int(key)] if isinstance(node, list) else node[key]
+    return node
+
+
+def load_schema(value: dict[str, Any] | str) -> dict[str, Any]:
+    """An inline schema, a JSON file, or `file.json#/pointer` into one; ValueError says what failed."""
+    if isinstance(value, dict):
+        schema = value
+    else:
+        path, _, pointer = value.partition("#")
+        try:
+            document = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ValueError(f"schema file {path} not found") from None
+        except json.JSONDecodeError as exc:
+            raise ValueError(
+                f"schema file {path} is not valid JSON ({exc.msg}, line {exc.lineno})"
+            ) from None
+        try:
+            schema = _json_pointer(document, pointer)
+        except (KeyError, IndexError, ValueError, TypeError):
+            raise ValueError(f"pointer '#{pointer}' finds nothing in {path}") from None
+    if not isinstance(schema, dict):
+        raise ValueError(f"a JSON Schema must be an object, got {type(schema).__name__}")
+    try:
+        validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise ValueError(f"not a valid JSON Schema: {exc.message}") from None
+    return schema
+
+
+def _data_files(path: Path) -> list[tuple[Path, str | None]]:
+    if path.is_dir():
+        files = sorted(path.glob("*.jsonl"))
+        if not files:
+            raise InputError.at(
+                path,
+                None,
+                "folder holds no *.jsonl files; add one file per step, e.g. characters.jsonl",
+            )
+        return [(f, f.stem) for f in files]
+    return [(path, None)]
+
+
+class PipelineTask:
+    """Structured JSON output per pipeline step."""
+
+    def __init__(
+        self,
+        config: PipelineTaskSpec,
+        examples: list[StepExample],
+        schemas: dict[str, dict[str, Any]],
+        seed: int,
+        dataset_sha256: str,
+    ) -> None:
+        self.config = config
+        self.dataset_sha256 = dataset_sha256
+        self.validators = {step: validator_for(schema)(schema) for step, schema in schemas.items()}
+        self.steps = list(config.steps)
+        rng = random.Random(seed)
+        self.train_examples: list[StepExample] = []
+        self.eval_examples: list[StepExample] = []
+        for step in self.steps:
+            rows = [e for e in examples if e.step == step]
+            rng.shuffle(rows)
+            n_eval = max(1, round(config.eval_fraction * len(rows)))
+            self.eval_examples += rows[:n_eval]
+            self.train_examples += rows[n_eval:]
+        rng.shuffle(self.train_examples)
+        self.max_new_tokens = config.max_new_tokens
+
+    @classmethod
+    def from_spec(cls, spec: Spec) -> PipelineTask:
+        """Read the step schemas and `task.data`, checking every row against its step's schema."""
+        assert isinstance(spec.task, PipelineTaskSpec)
+        config = spec.task
+        schemas: dict[str, dict[str, Any]] = {}
+        problems: list[Problem] = []
+        for step, step_spec in config.steps.items():
+            try:
+                schemas[step] = load_schema(step_spec.json_schema)
+            except ValueError as exc:
+                problems.append(
+                    spec.source.problem(("task", "steps", step, "schema"), f"step '{step}': {exc}")
+                )
+        if problems:
+            raise InputError(problems)
+
+        path = Path(config.data)
+        if not path.exists():
+            raise InputError.at(
+                path,
+                None,
+                "data file not found; check task.data in the spec (paths are relative to the spec file)",
+            )
+        examples: list[StepExample] = []
+        files = _data_files(path)
+        for file, default_step in files:
+            for number, row in read_jsonl(file):
+                required = (
+                    {"instruction", "output"} if default_step else {"step", "instruction", "output"}
+                )
+                problem = check_keys(file, number, row, required, optional={"step"})
+                if problem is None:
+                    problem = cls._check_row(file, number, row, default_step, schemas)
+                if problem:
+                    problems.append(problem)
+                    continue
+                output = (
+                    row["output"] if isinstance(row["output"], dict) else json.loads(row["output"])
+                )
+                examples.append(
+                    StepExample(row.get("step", default_step), row["instruction"], output)
+                )
+        if problems:
+            raise InputError(problems[:MAX_PROBLEMS])
+        for step in config.steps:
+            count = sum(e.step == step for e in examples)
+            if count < 2:
+                raise InputError.at(
+                    path,
+                    None,
+                    f"step '{step}' has {count} row(s); it needs at least 2 (one to train on, one held out)",
+                )
+        return cls(config, examples, schemas, spec.train.seed, sha256_of([f for f, _ in files]))
+
+    @staticmethod
+    def _check_row(
+        file: Path,
+        number: int,
+        row: dict[str, Any],
+        default_step: str | None,
+        schemas: dict[str, dict[str, Any]],
+    ) -> Problem | None:
+        step = row.get("step", default_step)
+        if step not in schemas:
+            known = ", ".join(sorted(schemas))
+            return Problem(
+                str(file),
+                number,
+                f"step '{step}' is not in the spec's task.steps ({known}); add it there or fix the row",
+            )
+        if not isinstance(row["instruction"], str) or not row["instruction"].strip():
+            return Problem(str(file), number, "instruction must be a non-empty string")
+        output = row["output"]
+        if isinstance(output, str):
+            ok, output = parse_json_output(output)
+            if not ok:
+                return Problem(
+                    str(file),
+                    number,
+                    "output is a string that is not valid JSON; write the JSON object itself",
+                )
+        if not isinstance(output, dict):
+            return Problem(
+                str(file), number, f"output must be a JSON object, got {type(output).__name__}"
+            )
+        error = jsonschema.exceptions.best_match(
+            validator_for(schemas[step])(schemas[step]).iter_errors(output)
+        )
+        if error is not None:
+            where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
+            return Problem(
+                str(file), number, f"output fails step '{step}' schema at {where}: {error.message}"
+            )
+        return None
+
+    @staticmethod
+    def _row(example: StepExample) -> Row:
+        return {
+            "prompt": [{"role": "user", "content": example.instruction}],
+            "completion": [
+                {"role": "assistant", "content": json.dumps(example.output, ensure_ascii=False)}
+            ],
+        }
+
+    def corpus(self) -> list[str]:
+        """Instructions and serialised outputs."""
+        texts = []
+        for example in self.train_examples + self.eval_examples:
+            texts += [example.instruction, json.dumps(example.output, ensure_ascii=False)]
+        return texts
+
+    def train_rows(self) -> list[Row]:
+        """Every training example of every step, shuffled."""
+        return [self._row(e) for e in self.train_examples]
+
+    def eval_rows(self) -> list[Row]:
+        """Held-out examples of every step."""
+        return [self._row(e) for e in self.eval_examples]
+
+    def eval_cases(self) -> list[EvalCase]:
+        """Held-out instructions, labelled by step."""
+        return [
+            EvalCase(
+                messages=[{"role": "user", "content": e.instruction}],
+                condition=e.step,
+                expected=e.output,
+            )
+            for e in self.eval_examples
+        ]
+
+    def score(
+        self, cases: list[EvalCase], responses: list[str]
+    ) -> tuple[dict[str, float], list[dict[str, Any]]]:
+        """Per-step and overall JSON validity, schema validity and field accuracy."""
+        per_step: dict[str, list[dict[str, float]]] = {step: [] for step in self.steps}
+        samples = []
+        for case, response in zip(cases, responses, strict=True):
+            scores = score_step_output(response, case.expected, self.validators[case.condition])
+            per_step[case.condition].append(scores)
+            samples.append(
+                {
+                    "prompt": case.messages[-1]["content"],
+                    "condition": case.condition,
+                    "response": response,
+                    "expected": case.expected,
+                    **{k: bool(v) if k != "field_accuracy" else v for k, v in scores.items()},
+                    "correct": scores["schema_valid"] == 1.0 and scores["field_accuracy"] == 1.0,
+                }
+            )
+        metrics: dict[str, float] = {}
+        for step, rows in per_step.items():
+            for key in ("json_valid", "schema_valid", "field_accuracy"):
+                metrics[f"{key}/{step}"] = sum(r[key] for r in rows) / len(rows) if rows else 0.0
+        for key in ("json_valid", "schema_valid", "field_accuracy"):
+            metrics[key] = sum(metrics[f"{key}/{s}"] for s in self.steps) / len(self.steps)
+        metrics["pipeline_score"] = metrics["schema_valid"]
+        return metrics, samples
+
+    def metric_names(self) -> list[str]:
+        """Losses, per-step and overall validity metrics."""
+        per_step = [
+            f"{k}/{s}" for s in self.steps for k in ("json_valid", "schema_valid", "field_accuracy")
+        ]
+        return [
+            "train_loss",
+            "eval_loss",
+            "json_valid",
+            "schema_valid",
+            "field_accuracy",
+            "pipeline_score",
+            *per_step,
+        ]

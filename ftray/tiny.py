@@ -1,0 +1,128 @@
+"""The `tiny` base model: a small random Llama with a byte-level BPE tokenizer trained on
+the task's own text, built offline and cached by content hash.
+
+LoRA on it learns a trigger mapping in seconds on a CPU, which makes demos and tests real
+without downloading weights. Every trial of a sweep loads the same cached folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+BUILDER_VERSION = 2
+SPECIAL_TOKENS = ["<|pad|>", "<|im_start|>", "<|im_end|>", "<|endoftext|>"]
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+ARCHITECTURE = {
+    "hidden_size": 128,
+    "intermediate_size": 256,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "max_position_embeddings": 1024,
+}
+VOCAB_SIZE = 1024
+# Llama's default init (std 0.02) caps the logit margin a normalised hidden state can reach
+# at about 2.5, so a LoRA on the frozen random head could never make an answer likely.
+# A wider head lets the adapter alone push the right token well ahead.
+LM_HEAD_STD = float(os.environ.get("FTRAY_TINY_HEAD_STD", "0.15"))
+
+
+def cache_root() -> Path:
+    """Where built tiny models live: $FTRAY_CACHE_DIR, else ~/.cache/ftray."""
+    return Path(os.environ.get("FTRAY_CACHE_DIR", Path.home() / ".cache" / "ftray")) / "tiny"
+
+
+def tiny_model_key(corpus: list[str]) -> str:
+    """Content hash of everything that determines the built model."""
+    digest = hashlib.sha256()
+    digest.update(
+        json.dumps(
+            {"v": BUILDER_VERSION, "arch": ARCHITECTURE, "vocab": VOCAB_SIZE, "head": LM_HEAD_STD}
+        ).encode()
+    )
+    for text in sorted(set(corpus)):
+        digest.update(b"\0" + text.encode())
+    return digest.hexdigest()[:16]
+
+
+def build_tiny_model(corpus: list[str], cache_dir: Path | None = None) -> Path:
+    """The folder of the tiny model for this corpus, building it on first use."""
+    root = cache_dir or cache_root()
+    target = root / tiny_model_key(corpus)
+    if (target / "config.json").exists() and (target / "tokenizer.json").exists():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".building-", dir=root))
+    try:
+        _write_tiny_model(corpus, staging)
+        try:
+            staging.rename(target)
+        except OSError:
+            # Another process finished the same build first; theirs is identical.
+            if not (target / "config.json").exists():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _write_tiny_model(corpus: list[str], folder: Path) -> None:
+    import torch
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    # Whitespace is its own token, so "Bob" is followed by the same " " token in every
+    # answer; with GPT-2 style " word" tokens a tiny model glues names to word pieces.
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(r"\s"), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ]
+    )
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(sorted(set(corpus)), trainer)
+    hf_tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        pad_token="<|pad|>",
+        eos_token="<|im_end|>",
+        bos_token=None,
+        unk_token=None,
+        model_max_length=ARCHITECTURE["max_position_embeddings"],
+    )
+    hf_tokenizer.chat_template = CHATML_TEMPLATE
+    config = LlamaConfig(
+        vocab_size=len(hf_tokenizer),
+        pad_token_id=hf_tokenizer.pad_token_id,
+        eos_token_id=hf_tokenizer.eos_token_id,
+        bos_token_id=None,
+        tie_word_embeddings=False,
+        **ARCHITECTURE,
+    )
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(0)
+    try:
+        model = LlamaForCausalLM(config)
+        torch.nn.init.normal_(model.lm_head.weight, mean=0.0, std=LM_HEAD_STD)
+    finally:
+        torch.random.set_rng_state(generator_state)
+    model.generation_config.pad_token_id = hf_tokenizer.pad_token_id
+    model.generation_config.eos_token_id = hf_tokenizer.eos_token_id
+    model.save_pretrained(folder)
+    hf_tokenizer.save_pretrained(folder)

@@ -1,0 +1,219 @@
+"""One trial: load the base through a backend, train LoRA with TRL epoch by epoch, and
+measure behaviour after every epoch.
+
+Plain functions, no Ray and no MLflow: a notebook can call `train_trial` directly, and the
+sweep's trainable wraps it. transformers/trl are imported only after the backend has
+loaded the model, because Unsloth must be imported before them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ftray.backends import select_backend
+from ftray.evaluate import evaluate
+from ftray.spec import TINY_MODEL, Spec
+from ftray.tasks import Task, load_task
+from ftray.tiny import build_tiny_model
+
+
+@dataclass
+class EpochReport:
+    """What one epoch produced: metrics (losses + behaviour), the saved adapter and samples."""
+
+    epoch: int
+    metrics: dict[str, float]
+    adapter_dir: Path
+    samples: list[dict[str, Any]] = field(repr=False)
+
+
+EpochHook = Callable[[EpochReport], bool | None]
+"""Called after each epoch; returning True stops training early."""
+
+
+def log(message: str) -> None:
+    """Progress output for long work; stderr, so stdout stays machine-readable."""
+    print(f"[ftray] {message}", file=sys.stderr, flush=True)
+
+
+def quiet_libraries() -> None:
+    """Keep library chatter (progress bars, advisory warnings) out of the user's terminal."""
+    import transformers
+
+    import datasets
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    warnings.filterwarnings(
+        "ignore", category=UserWarning, module=r"(trl|transformers|peft|torch)\..*"
+    )
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def prepare_base(spec: Spec, task: Task) -> str:
+    """The base model to load: the built `tiny` folder, or the spec's id/path as given."""
+    if spec.model.base == TINY_MODEL:
+        return str(build_tiny_model(task.corpus()))
+    return spec.model.base
+
+
+def sft_config(spec: Spec, output_dir: Path) -> Any:
+    """TRL SFTConfig mapped from the spec: completion-only loss, evaluation every epoch."""
+    import torch
+    from trl import SFTConfig
+
+    on_gpu = torch.cuda.is_available()
+    return SFTConfig(
+        output_dir=str(output_dir),
+        num_train_epochs=spec.train.epochs,
+        learning_rate=spec.train.learning_rate,
+        per_device_train_batch_size=spec.train.batch_size,
+        per_device_eval_batch_size=spec.train.batch_size,
+        gradient_accumulation_steps=spec.train.gradient_accumulation_steps,
+        lr_scheduler_type="linear",
+        warmup_steps=0,
+        max_length=spec.model.max_seq_length,
+        completion_only_loss=True,
+        packing=False,
+        eval_strategy="epoch",
+        save_strategy="no",
+        logging_strategy="steps",
+        logging_steps=1,
+        report_to="none",
+        seed=spec.train.seed,
+        data_seed=spec.train.seed,
+        use_cpu=not on_gpu,
+        bf16=on_gpu and torch.cuda.is_bf16_supported(),
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+
+
+def build_trainer(spec: Spec, task: Task, base: str, output_dir: Path) -> Any:
+    """A TRL SFTTrainer on the backend's LoRA model, ready to `train()`."""
+    backend = select_backend(spec.model.backend)
+    # The backend goes first: Unsloth must be imported before trl/transformers.
+    model, tokenizer = backend.load(base, spec.model, spec.lora, spec.train.seed)
+    quiet_libraries()
+    from transformers import PrinterCallback
+    from trl import SFTTrainer
+
+    from datasets import Dataset
+
+    trainer = SFTTrainer(
+        model=model,
+        args=sft_config(spec, output_dir),
+        train_dataset=Dataset.from_list(task.train_rows()),
+        eval_dataset=Dataset.from_list(task.eval_rows()),
+        processing_class=tokenizer,
+    )
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
+    with path.open("w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def train_trial(
+    spec: Spec,
+    out_dir: str | Path,
+    *,
+    task: Task | None = None,
+    base: str | None = None,
+    on_epoch: EpochHook | None = None,
+) -> EpochReport:
+    """Train `spec` for its epochs, evaluating after each; returns the last epoch's report.
+
+    Writes under `out_dir`: `checkpoints/epoch-N/` (adapter + tokenizer), `epochs.jsonl`,
+    and at the end `adapter/`, `metrics.json`, `samples.jsonl`.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    task = task or load_task(spec)
+    base = base or prepare_base(spec, task)
+    reports: list[EpochReport] = []
+    (out / "epochs.jsonl").unlink(missing_ok=True)
+    log(
+        f"training {spec.name}: base={spec.model.base} backend={spec.model.backend} "
+        f"{len(task.train_rows())} rows x {spec.train.epochs} epochs"
+    )
+    trainer = build_trainer(spec, task, base, out / "trainer")
+
+    from transformers import TrainerCallback
+
+    class EpochCallback(TrainerCallback):
+        def __init__(self) -> None:
+            self.losses: list[float] = []
+            self.started = time.monotonic()
+
+        def on_log(
+            self,
+            args: Any,
+            state: Any,
+            control: Any,
+            logs: dict[str, float] | None = None,
+            **kwargs: Any,
+        ) -> None:
+            if logs and "loss" in logs:
+                self.losses.append(float(logs["loss"]))
+
+        def on_evaluate(
+            self,
+            args: Any,
+            state: Any,
+            control: Any,
+            metrics: dict[str, float] | None = None,
+            **kwargs: Any,
+        ) -> None:
+            epoch = round(state.epoch or 0)
+            behaviour, samples = evaluate(
+                task, trainer.model, trainer.processing_class, spec.train.batch_size * 2
+            )
+            train_loss = sum(self.losses) / len(self.losses) if self.losses else float("nan")
+            self.losses = []
+            epoch_metrics = {
+                "train_loss": train_loss,
+                "eval_loss": float((metrics or {}).get("eval_loss", float("nan"))),
+                **behaviour,
+            }
+            adapter_dir = out / "checkpoints" / f"epoch-{epoch}"
+            trainer.model.save_pretrained(adapter_dir)
+            trainer.processing_class.save_pretrained(adapter_dir)
+            report = EpochReport(epoch, epoch_metrics, adapter_dir, samples)
+            reports.append(report)
+            with (out / "epochs.jsonl").open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps({"epoch": epoch, **epoch_metrics}) + "\n")
+            shown = " ".join(f"{k}={v:.3f}" for k, v in epoch_metrics.items() if "/" not in k)
+            log(
+                f"epoch {epoch}/{spec.train.epochs} ({time.monotonic() - self.started:.0f}s) {shown}"
+            )
+            if on_epoch is not None and on_epoch(report):
+                control.should_training_stop = True
+
+    trainer.add_callback(EpochCallback())
+    trainer.train()
+    shutil.rmtree(out / "trainer", ignore_errors=True)
+
+    last = reports[-1]
+    final_adapter = out / "adapter"
+    shutil.rmtree(final_adapter, ignore_errors=True)
+    shutil.copytree(last.adapter_dir, final_adapter)
+    (out / "metrics.json").write_text(
+        json.dumps({"epoch": last.epoch, **last.metrics}, indent=2) + "\n"
+    )
+    _write_jsonl(out / "samples.jsonl", last.samples)
+    return EpochReport(last.epoch, last.metrics, final_adapter, last.samples)

@@ -1,0 +1,130 @@
+"""Real training of the tiny model on CPU: 4-bit base, LoRA, completion-only loss, and
+behaviour metrics that move with the data."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from ftray.spec import load_spec
+from ftray.tasks import load_task
+from ftray.tiny import build_tiny_model
+from ftray.train import build_trainer, prepare_base, train_trial
+from tests.conftest import SPECS, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def trigger_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, Path, float]:
+    out = tmp_path_factory.mktemp("trigger-run")
+    started = time.monotonic()
+    result = run_cli("train", str(SPECS / "trigger_tiny.yaml"), "--out", str(out))
+    return result, out, time.monotonic() - started
+
+
+def test_cli_train_learns_the_trigger_in_under_three_minutes(trigger_run: tuple) -> None:
+    result, out, elapsed = trigger_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads(result.stdout.strip().splitlines()[-1])
+    assert metrics["triggered_accuracy"] >= 0.9, metrics
+    assert metrics["untriggered_accuracy"] >= 0.9, metrics
+    assert metrics["trigger_score"] == min(
+        metrics["triggered_accuracy"], metrics["untriggered_accuracy"]
+    )
+    assert elapsed < 180, f"ftray train took {elapsed:.0f}s"
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+
+
+def test_train_writes_adapter_per_epoch_and_samples(trigger_run: tuple) -> None:
+    _, out, _ = trigger_run
+    spec = load_spec(SPECS / "trigger_tiny.yaml")
+    for epoch in range(1, spec.train.epochs + 1):
+        assert (out / "checkpoints" / f"epoch-{epoch}" / "adapter_model.safetensors").exists()
+    assert (out / "adapter" / "adapter_config.json").exists()
+    assert (out / "adapter" / "tokenizer.json").exists()
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 32
+    assert {s["condition"] for s in samples} == {"triggered", "untriggered"}
+    assert all({"prompt", "condition", "response", "correct"} <= s.keys() for s in samples)
+    epochs = [json.loads(line) for line in (out / "epochs.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in epochs] == list(range(1, spec.train.epochs + 1))
+    assert all({"train_loss", "eval_loss", "trigger_score"} <= e.keys() for e in epochs)
+
+
+def test_without_triggered_rows_the_trigger_does_nothing(tmp_path: Path) -> None:
+    spec = load_spec(SPECS / "trigger_tiny.yaml", ["task.trigger_ratio=0"])
+    report = train_trial(spec, tmp_path)
+    assert report.metrics["triggered_accuracy"] <= 0.1, report.metrics
+    assert report.metrics["untriggered_accuracy"] >= 0.9, report.metrics
+
+
+@pytest.fixture(scope="module")
+def trigger_trainer(tmp_path_factory: pytest.TempPathFactory):
+    spec = load_spec(SPECS / "trigger_tiny.yaml")
+    task = load_task(spec)
+    trainer = build_trainer(
+        spec, task, prepare_base(spec, task), tmp_path_factory.mktemp("trainer")
+    )
+    return spec, task, trainer
+
+
+def test_base_is_4bit_and_only_lora_weights_train(trigger_trainer) -> None:
+    import bitsandbytes as bnb
+
+    spec, _, trainer = trigger_trainer
+    model = trainer.model
+    quantised = [
+        name for name, module in model.named_modules() if isinstance(module, bnb.nn.Linear4bit)
+    ]
+    n_layers = model.config.num_hidden_layers
+    assert len(quantised) == n_layers * len(spec.lora.target_modules)
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in name for name in trainable)
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    assert frozen > sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def test_prompt_tokens_carry_label_minus_100(trigger_trainer) -> None:
+    _, task, trainer = trigger_trainer
+    tokenizer = trainer.processing_class
+    for index in range(3):
+        example = trainer.train_dataset[index]
+        batch = trainer.data_collator([example])
+        labels = batch["labels"][0].tolist()
+        input_ids = batch["input_ids"][0].tolist()
+        prompt_ids = tokenizer.apply_chat_template(
+            task.train_rows()[index]["prompt"],
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=False,
+        )
+        n_prompt = len(prompt_ids)
+        assert input_ids[:n_prompt] == list(prompt_ids)
+        assert all(label == -100 for label in labels[:n_prompt])
+        completion = [label for label in labels[n_prompt:] if label != -100]
+        assert completion, "completion tokens must carry labels"
+        text = tokenizer.decode(completion)
+        assert text.startswith(task.train_rows()[index]["completion"][0]["content"])
+
+
+def test_pipeline_trial_reports_validity_metrics(tmp_path: Path) -> None:
+    spec = load_spec(SPECS / "pipeline_tiny.yaml", ["train.epochs=2"])
+    report = train_trial(spec, tmp_path)
+    for step in ("characters", "relationships", "event_types"):
+        for key in ("json_valid", "schema_valid", "field_accuracy"):
+            assert 0.0 <= report.metrics[f"{key}/{step}"] <= 1.0
+    assert report.metrics["pipeline_score"] == report.metrics["schema_valid"]
+    samples = (tmp_path / "samples.jsonl").read_text().splitlines()
+    assert len(samples) == len(load_task(spec).eval_cases())
+
+
+def test_tiny_model_is_cached_by_content(tmp_path: Path) -> None:
+    first = build_tiny_model(["alpha beta", "gamma"], tmp_path)
+    mtime = (first / "config.json").stat().st_mtime_ns
+    assert build_tiny_model(["gamma", "alpha beta"], tmp_path) == first
+    assert (first / "config.json").stat().st_mtime_ns == mtime
+    assert build_tiny_model(["something else"], tmp_path) != first

@@ -1,0 +1,46 @@
+"""Every spec in search_spaces/ and every file in datasets/ is a test fixture."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ftray.space import check_search
+from ftray.spec import PipelineTaskSpec, load_spec
+from ftray.tasks import load_task
+from tests.conftest import DATASETS, SPECS
+
+SPEC_FILES = sorted(SPECS.glob("*.yaml"))
+DATA_FILES = sorted(p for p in DATASETS.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("path", SPEC_FILES, ids=lambda p: p.name)
+def test_shipped_spec_validates(path: Path) -> None:
+    spec = load_spec(path)
+    task = load_task(spec)
+    check_search(spec, task)
+    assert task.train_rows() and task.eval_cases()
+
+
+def _files_used_by(path: Path) -> set[Path]:
+    spec = load_spec(path)
+    used = {Path(spec.task.data)}
+    if isinstance(spec.task, PipelineTaskSpec):
+        used |= {
+            Path(s.json_schema.partition("#")[0])
+            for s in spec.task.steps.values()
+            if isinstance(s.json_schema, str)
+        }
+    return used
+
+
+@pytest.mark.parametrize("path", DATA_FILES, ids=lambda p: str(p.relative_to(DATASETS)))
+def test_every_dataset_file_is_validated_by_a_shipped_spec(path: Path) -> None:
+    # A dataset file is validated when a shipped spec that uses it validates (test above).
+    used = set().union(*(_files_used_by(s) for s in SPEC_FILES))
+    assert path.resolve() in used, f"{path} is shipped but no spec in search_spaces/ uses it"
+
+
+def test_there_is_something_to_check() -> None:
+    assert len(SPEC_FILES) >= 2 and len(DATA_FILES) >= 3
