@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: install
-	$(BIN)/ftray train search_spaces/trigger_tiny.yaml --out runs/demo
+	$(BIN)/ftray sweep search_spaces/trigger_tiny.yaml
 
 lint: install
 	$(BIN)/ruff check ftray tests bench
@@ -30,4 +30,4 @@ test: install lint
 	$(BIN)/python -m pytest -q tests
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs ray_results mlflow.db mlruns mlartifacts .pytest_cache

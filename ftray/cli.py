@@ -1,4 +1,4 @@
-"""The `ftray` command line: validate and train (sweeps build on these)."""
+"""The `ftray` command line."""
 
 from __future__ import annotations
 
@@ -59,6 +59,91 @@ def cmd_train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """The sweep; ends with the leaderboard, the champion's URI and how to open MLflow."""
+    from ftray.space import check_search
+    from ftray.spec import load_spec
+    from ftray.tasks import load_task
+
+    spec = load_spec(args.spec, args.overrides)
+    if spec.search is None:
+        raise InputError.at(
+            args.spec, None, "the spec has no search: section; add one to sweep (see README)"
+        )
+    check_search(spec, load_task(spec))
+
+    from mlflow import MlflowClient
+
+    from ftray.leaderboard import render_leaderboard
+    from ftray.tuner import run_sweep
+
+    result = run_sweep(spec)
+    board = render_leaderboard(MlflowClient(result.tracking_uri), spec)
+    print(board or "no trials recorded")
+    if result.registration is not None:
+        reg = result.registration
+        moved = (
+            "now champion"
+            if reg.champion_moved
+            else f"champion stays version {reg.champion_version}"
+        )
+        print(f"registered {reg.model_uri} ({moved})")
+        print(f"champion: models:/{reg.name}@champion")
+    print(f"Ray Tune results: {result.experiment_path}")
+    print(f"open MLflow: mlflow ui --backend-store-uri {result.tracking_uri}")
+    failed = [o for o in result.outcomes if o.status == "failed"]
+    if len(failed) == len(result.outcomes):
+        print(
+            f"error: all {len(failed)} trials failed; see the Ray Tune results folder",
+            file=sys.stderr,
+        )
+        return EXIT_RUNTIME
+    return EXIT_OK
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    """Trials of the spec's last sweep, best first."""
+    from ftray.spec import load_spec
+
+    spec = load_spec(args.spec, args.overrides)
+    if spec.search is None:
+        raise InputError.at(args.spec, None, "the spec has no search: section, so it has no sweeps")
+    from mlflow import MlflowClient
+
+    from ftray.leaderboard import render_leaderboard
+    from ftray.tracking import tracking_uri
+
+    board = render_leaderboard(MlflowClient(tracking_uri(spec)), spec)
+    if board is None:
+        print(
+            f"error: no sweep of '{spec.name}' recorded at {tracking_uri(spec)}; run ftray sweep first",
+            file=sys.stderr,
+        )
+        return EXIT_RUNTIME
+    print(board)
+    return EXIT_OK
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    """Point an alias (default champion) at a registered version."""
+    import os
+
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from ftray.registry import promote
+    from ftray.tracking import DEFAULT_TRACKING_URI
+
+    client = MlflowClient(os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
+    try:
+        promote(client, args.name, args.version, args.alias)
+    except MlflowException as exc:
+        print(f"error: {args.name} version {args.version}: {exc.message}", file=sys.stderr)
+        return EXIT_INPUT
+    print(f"models:/{args.name}@{args.alias} -> version {args.version}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     parser = argparse.ArgumentParser(
@@ -76,6 +161,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=None, help="output folder (default runs/<name>/train)"
     )
     train.set_defaults(func=cmd_train)
+
+    sweep = sub.add_parser(
+        "sweep", help="run the sweep on Ray Tune; prints a leaderboard at the end"
+    )
+    _add_spec_args(sweep)
+    sweep.set_defaults(func=cmd_sweep)
+
+    board = sub.add_parser("leaderboard", help="trials of the spec's last sweep, best first")
+    _add_spec_args(board)
+    board.set_defaults(func=cmd_leaderboard)
+
+    promote = sub.add_parser("promote", help="move a registry alias to a version by hand")
+    promote.add_argument("name", help="registered model name")
+    promote.add_argument("version", help="version number")
+    promote.add_argument("--alias", default="champion", help="alias to move (default champion)")
+    promote.set_defaults(func=cmd_promote)
     return parser
 
 

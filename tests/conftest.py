@@ -21,11 +21,13 @@ def _tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["FTRAY_CACHE_DIR"] = str(tmp_path_factory.mktemp("ftray-cache"))
 
 
-def run_cli(*args: str, cwd: Path = ROOT, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    """`python -m ftray ARGS`, reporting on stderr whether torch got imported (it must not for bad input)."""
+def run_cli(
+    *args: str, cwd: Path = ROOT, timeout: float = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`python -m ftray ARGS`; reports on stderr whether torch or ray got imported (bad input must not)."""
     probe = (
         "import sys; from ftray.cli import main; rc = main(sys.argv[1:]); "
-        "sys.stderr.write('HEAVY-IMPORT\\n' if 'torch' in sys.modules else ''); sys.exit(rc)"
+        "sys.stderr.write('HEAVY-IMPORT\\n' if {'torch', 'ray'} & set(sys.modules) else ''); sys.exit(rc)"
     )
     return subprocess.run(
         [sys.executable, "-c", probe, *args],
@@ -33,5 +35,5 @@ def run_cli(*args: str, cwd: Path = ROOT, timeout: float = 600) -> subprocess.Co
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ},
+        env={**os.environ, **(env or {})},
     )

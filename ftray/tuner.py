@@ -1,0 +1,288 @@
+"""`ftray sweep`: Ray Tune runs the trials, Optuna proposes configurations, ASHA stops
+poor trials, and the driver records everything in MLflow and registers the winner."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ftray.leaderboard import rank_key
+from ftray.registry import Lineage, Registration, register_adapter
+from ftray.space import check_search
+from ftray.spec import TINY_MODEL, Distribution, Spec
+from ftray.tasks import load_task
+from ftray.tracking import ROLE_TAG, MlflowSweepCallback, progress, safe_params, tracking_uri
+from ftray.train import prepare_base
+
+RESULTS_DIR = "ray_results"
+
+
+def optuna_distribution(distribution: Distribution) -> Any:
+    """The Optuna distribution for one search dimension."""
+    import optuna
+
+    kind, values = distribution.kind, distribution.values()
+    if kind == "choice":
+        return optuna.distributions.CategoricalDistribution(values)
+    if kind == "uniform":
+        return optuna.distributions.FloatDistribution(values[0], values[1])
+    if kind == "loguniform":
+        return optuna.distributions.FloatDistribution(values[0], values[1], log=True)
+    return optuna.distributions.IntDistribution(values[0], values[1])
+
+
+def build_searcher(spec: Spec) -> Any:
+    """OptunaSearch (TPE seeded by train.seed) over the spec's space."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    assert spec.search is not None
+    space = {path: optuna_distribution(d) for path, d in spec.search.space.items()}
+    return OptunaSearch(
+        space=space, metric=spec.search.objective, mode=spec.search.mode, seed=spec.train.seed
+    )
+
+
+def max_epochs(spec: Spec) -> int:
+    """The most epochs any trial can run (train.epochs may itself be searched)."""
+    assert spec.search is not None
+    searched = spec.search.space.get("train.epochs")
+    return int(max(searched.values())) if searched else spec.train.epochs
+
+
+def build_scheduler(spec: Spec) -> Any:
+    """ASHA on the objective with the epoch as time, or FIFO (no early stopping)."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    assert spec.search is not None
+    if spec.search.scheduler == "fifo":
+        return FIFOScheduler()
+    return ASHAScheduler(
+        time_attr="epoch",
+        metric=spec.search.objective,
+        mode=spec.search.mode,
+        max_t=max_epochs(spec),
+        grace_period=1,
+        reduction_factor=2,
+    )
+
+
+@dataclass
+class TrialOutcome:
+    """One finished trial as the leaderboard and registry see it."""
+
+    trial_id: str
+    run_id: str
+    status: str
+    value: float
+    epochs: int
+    config: dict[str, Any]
+    checkpoint: Any
+
+
+@dataclass
+class SweepResult:
+    """What a sweep produced."""
+
+    parent_run_id: str
+    experiment_path: str
+    outcomes: list[TrialOutcome]
+    registration: Registration | None
+    tracking_uri: str
+
+
+def init_ray() -> None:
+    """Join the cluster named by RAY_ADDRESS (as under `ray job submit`), else start a local Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+
+
+def run_sweep(spec: Spec) -> SweepResult:
+    """Run the whole sweep; every MLflow run it opens is closed whatever happens."""
+    # Trials checkpoint every epoch; Tune's advice to checkpoint less is noise here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    import mlflow
+    from mlflow import MlflowClient
+    from ray import tune
+
+    if spec.search is None:
+        from ftray.errors import InputError
+
+        raise InputError.at(
+            spec.source.path, None, "the spec has no search: section; add one to sweep (see README)"
+        )
+    task = load_task(spec)
+    check_search(spec, task)
+    progress(f"preparing data and base model for {spec.name}")
+    base = prepare_base(spec, task)  # the tiny model is built once, here, not per trial
+
+    uri = tracking_uri(spec)
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(spec.name)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(spec.name)
+    parent = client.create_run(
+        experiment_id,
+        run_name=f"sweep-{time.strftime('%Y%m%d-%H%M%S')}",
+        tags={
+            ROLE_TAG: "sweep",
+            "ftray.spec_sha256": spec.source.sha256,
+            "ftray.objective": spec.search.objective,
+        },
+    )
+    parent_id = parent.info.run_id
+    callback = MlflowSweepCallback(client, experiment_id, parent_id, spec)
+    status = "FAILED"
+    try:
+        from mlflow.entities import Param
+
+        params = safe_params(
+            {f"search.{k}": v for k, v in spec.search.model_dump(exclude={"space"}).items()}
+        )
+        params |= safe_params(
+            {
+                f"space.{k}": d.model_dump(by_alias=True, exclude_none=True)
+                for k, d in spec.search.space.items()
+            }
+        )
+        client.log_batch(parent_id, params=[Param(k, v) for k, v in params.items()])
+        init_ray()
+        storage = Path(RESULTS_DIR).resolve()
+        tuner = tune.Tuner(
+            make_trainable_for(spec),
+            tune_config=tune.TuneConfig(
+                search_alg=build_searcher(spec),
+                scheduler=build_scheduler(spec),
+                num_samples=spec.search.num_trials,
+                max_concurrent_trials=spec.search.max_concurrent_trials,
+            ),
+            run_config=tune.RunConfig(
+                name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+                storage_path=str(storage),
+                callbacks=[callback],
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                failure_config=tune.FailureConfig(max_failures=0),
+                verbose=0,
+            ),
+        )
+        progress(
+            f"sweep {spec.name}: {spec.search.num_trials} trials, {spec.search.max_concurrent_trials} at a time, "
+            f"{spec.search.scheduler} on {spec.search.objective} ({spec.search.mode}); MLflow at {uri}"
+        )
+        grid = tuner.fit()
+        outcomes = collect_outcomes(spec, grid, callback)
+        registration = register_best(spec, client, parent_id, outcomes, base, task.dataset_sha256)
+        log_sweep_plots(spec, client, parent_id, outcomes)
+        status = "FINISHED"
+        return SweepResult(parent_id, grid.experiment_path, outcomes, registration, uri)
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        callback.close_open_runs("KILLED" if status != "FAILED" else "FAILED")
+        client.set_terminated(parent_id, status)
+
+
+def make_trainable_for(spec: Spec) -> Any:
+    """The Tune trainable (imported late: it pulls in the training stack)."""
+    from ftray.trainable import make_trainable
+
+    return make_trainable(spec)
+
+
+def collect_outcomes(spec: Spec, grid: Any, callback: MlflowSweepCallback) -> list[TrialOutcome]:
+    """Every trial, best first by its last reported objective."""
+    assert spec.search is not None
+    outcomes = []
+    for result in grid:
+        trial_id = result.metrics.get("trial_id") if result.metrics else None
+        trial_id = trial_id or Path(result.path).name
+        record = callback.records.get(trial_id)
+        value = float((result.metrics or {}).get(spec.search.objective, float("nan")))
+        outcomes.append(
+            TrialOutcome(
+                trial_id=trial_id,
+                run_id=record.run_id if record else "",
+                status=record.status if record else ("failed" if result.error else "completed"),
+                value=value,
+                epochs=int((result.metrics or {}).get("epoch", 0)),
+                config=dict(result.config or {}),
+                checkpoint=result.checkpoint,
+            )
+        )
+    outcomes.sort(key=lambda o: rank_key(o.status, o.value, spec.search.mode))
+    return outcomes
+
+
+def register_best(
+    spec: Spec,
+    client: Any,
+    parent_id: str,
+    outcomes: list[TrialOutcome],
+    base: str,
+    dataset_sha: str,
+) -> Registration | None:
+    """Register the best trial's adapter; None when no trial produced one."""
+    assert spec.search is not None
+    best = next(
+        (
+            o
+            for o in outcomes
+            if o.status != "failed" and o.checkpoint is not None and not math.isnan(o.value)
+        ),
+        None,
+    )
+    if best is None:
+        progress("no trial finished with a checkpoint; nothing registered")
+        return None
+    import shutil
+    import tempfile
+
+    # The tiny model's folder is named by its content hash, which pins it exactly.
+    revision = f"tiny-{Path(base).name}" if spec.model.base == TINY_MODEL else "unpinned"
+    lineage = Lineage(
+        base_model=spec.model.base,
+        base_revision=revision,
+        dataset_sha256=dataset_sha,
+        spec_sha256=spec.source.sha256,
+        objective=spec.search.objective,
+        objective_value=best.value,
+        mode=spec.search.mode,
+        trial_id=best.trial_id,
+        sweep_run_id=parent_id,
+    )
+    staging = Path(tempfile.mkdtemp(prefix="ftray-adapter-"))
+    try:
+        with best.checkpoint.as_directory() as folder:
+            shutil.copytree(folder, staging / "adapter")
+        (staging / "adapter" / "samples.jsonl").unlink(missing_ok=True)
+        registration = register_adapter(
+            client, spec.registered_model_name, best.run_id, staging / "adapter", lineage
+        )
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    for key, value in lineage.tags().items():
+        client.set_tag(parent_id, key, value)
+    client.set_tag(parent_id, "ftray.registered_version", registration.version)
+    return registration
+
+
+def log_sweep_plots(spec: Spec, client: Any, parent_id: str, outcomes: list[TrialOutcome]) -> None:
+    """Optimisation history, parameter importances and parallel coordinates on the parent run."""
+    import matplotlib.pyplot as plt
+
+    from ftray.plots import sweep_figures
+
+    for name, figure in sweep_figures(spec, outcomes):
+        client.log_figure(parent_id, figure, f"plots/{name}.png")
+        plt.close(figure)

@@ -1,0 +1,102 @@
+"""Registration is idempotent and the champion alias moves only on improvement."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from ftray.registry import CHAMPION, Lineage, beats, promote, register_adapter
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> MlflowClient:
+    return MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+@pytest.fixture
+def experiment(client: MlflowClient, tmp_path: Path) -> str:
+    return client.create_experiment(
+        "registry-test", artifact_location=(tmp_path / "artifacts").as_uri()
+    )
+
+
+def trial_run(
+    client: MlflowClient,
+    experiment: str,
+    tmp_path: Path,
+    trial_id: str,
+    value: float,
+    mode: str = "max",
+) -> tuple[str, Path, Lineage]:
+    run = client.create_run(experiment)
+    client.set_terminated(run.info.run_id)
+    adapter = tmp_path / f"adapter-{trial_id}"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"r": 8}')
+    lineage = Lineage(
+        "tiny", "tiny-abc", "d" * 64, "s" * 64, "trigger_score", value, mode, trial_id, "parent"
+    )
+    return run.info.run_id, adapter, lineage
+
+
+def test_registering_the_same_trial_twice_makes_one_version(client, experiment, tmp_path) -> None:
+    run_id, adapter, lineage = trial_run(client, experiment, tmp_path, "t1", 0.5)
+    first = register_adapter(client, "m", run_id, adapter, lineage)
+    second = register_adapter(client, "m", run_id, adapter, lineage)
+    assert first.created and not second.created
+    assert first.version == second.version == "1"
+    assert len(client.search_model_versions("name='m'")) == 1
+    version = client.get_model_version("m", "1")
+    assert version.tags["ftray.trial_id"] == "t1" and version.tags["ftray.objective_value"] == "0.5"
+    assert version.tags["ftray.dataset_sha256"] == "d" * 64
+    assert {a.path for a in client.list_artifacts(run_id, "adapter")} >= {
+        "adapter/adapter_config.json",
+        "adapter/lineage.json",
+    }
+
+
+def test_champion_moves_only_on_improvement(client, experiment, tmp_path) -> None:
+    def register(trial: str, value: float, **kw):
+        run_id, adapter, lineage = trial_run(client, experiment, tmp_path, trial, value)
+        return register_adapter(client, "m", run_id, adapter, lineage, **kw)
+
+    assert register("a", 0.5).champion_moved
+    worse = register("b", 0.4)
+    assert worse.version == "2" and not worse.champion_moved
+    assert str(client.get_model_version_by_alias("m", CHAMPION).version) == "1"
+    tie = register("c", 0.5)
+    assert not tie.champion_moved
+    better = register("d", 0.9)
+    assert (
+        better.champion_moved
+        and str(client.get_model_version_by_alias("m", CHAMPION).version) == "4"
+    )
+    forced = register("e", 0.1, force=True)
+    assert (
+        forced.champion_moved
+        and str(client.get_model_version_by_alias("m", CHAMPION).version) == "5"
+    )
+
+
+def test_minimised_objective(client, experiment, tmp_path) -> None:
+    run_a, adapter_a, lineage_a = trial_run(client, experiment, tmp_path, "a", 2.0, mode="min")
+    run_b, adapter_b, lineage_b = trial_run(client, experiment, tmp_path, "b", 1.5, mode="min")
+    register_adapter(client, "loss", run_a, adapter_a, lineage_a)
+    assert register_adapter(client, "loss", run_b, adapter_b, lineage_b).champion_moved
+
+
+def test_promote_by_hand(client, experiment, tmp_path) -> None:
+    for trial, value in (("a", 0.9), ("b", 0.1)):
+        run_id, adapter, lineage = trial_run(client, experiment, tmp_path, trial, value)
+        register_adapter(client, "m", run_id, adapter, lineage)
+    promote(client, "m", "2")
+    assert str(client.get_model_version_by_alias("m", CHAMPION).version) == "2"
+    promote(client, "m", "1", alias="staging")
+    assert str(client.get_model_version_by_alias("m", "staging").version) == "1"
+
+
+def test_beats() -> None:
+    assert beats(0.6, 0.5, "max") and not beats(0.5, 0.5, "max") and beats(0.4, 0.5, "min")
+    assert beats(0.1, float("nan"), "max") and not beats(float("nan"), 0.1, "max")

@@ -1,0 +1,61 @@
+"""Search space → Optuna distributions, seeded proposals, ASHA/FIFO."""
+
+from __future__ import annotations
+
+import optuna
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+from ftray.spec import load_spec
+from ftray.tuner import build_scheduler, build_searcher, max_epochs, optuna_distribution
+from tests.conftest import SPECS
+
+
+def first_proposals(*overrides: str, n: int = 4) -> list[dict]:
+    searcher = build_searcher(load_spec(SPECS / "trigger_tiny.yaml", list(overrides)))
+    return [searcher.suggest(f"trial-{i}") for i in range(n)]
+
+
+def test_same_spec_and_seed_give_the_same_first_proposals() -> None:
+    first, again = first_proposals(), first_proposals()
+    assert first == again
+    assert len({repr(p) for p in first}) == len(first), "proposals should differ from each other"
+    assert first_proposals("train.seed=7") != first
+
+
+def test_proposals_stay_inside_the_space() -> None:
+    for proposal in first_proposals(n=8):
+        assert proposal["lora.r"] in (4, 8, 16, 32)
+        assert 1.0e-4 <= proposal["train.learning_rate"] <= 3.0e-2
+        assert 0.05 <= proposal["task.trigger_ratio"] <= 0.5
+
+
+def test_distribution_mapping() -> None:
+    spec = load_spec(SPECS / "trigger_tiny.yaml")
+    space = spec.search.space
+    assert isinstance(
+        optuna_distribution(space["lora.r"]), optuna.distributions.CategoricalDistribution
+    )
+    lr = optuna_distribution(space["train.learning_rate"])
+    assert isinstance(lr, optuna.distributions.FloatDistribution) and lr.log
+    ratio = optuna_distribution(space["task.trigger_ratio"])
+    assert not ratio.log and (ratio.low, ratio.high) == (0.05, 0.5)
+    spec = spec.with_values({"search.space": {"train.epochs": {"int": [2, 5]}}})
+    epochs = optuna_distribution(spec.search.space["train.epochs"])
+    assert isinstance(epochs, optuna.distributions.IntDistribution) and (
+        epochs.low,
+        epochs.high,
+    ) == (2, 5)
+    assert max_epochs(spec) == 5
+
+
+def test_scheduler_choice() -> None:
+    spec = load_spec(SPECS / "trigger_tiny.yaml")
+    asha = build_scheduler(spec)
+    assert (
+        isinstance(asha, ASHAScheduler)
+        and asha._time_attr == "epoch"
+        and asha._max_t == spec.train.epochs
+    )
+    assert isinstance(
+        build_scheduler(spec.with_values({"search.scheduler": "fifo"})), FIFOScheduler
+    )
