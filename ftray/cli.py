@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ftray.errors import InputError
 
-EXIT_OK, EXIT_RUNTIME, EXIT_INPUT = 0, 1, 2
+EXIT_OK, EXIT_RUNTIME, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def _add_spec_args(parser: argparse.ArgumentParser) -> None:
@@ -75,9 +75,22 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from mlflow import MlflowClient
 
     from ftray.leaderboard import render_leaderboard
-    from ftray.tuner import run_sweep
+    from ftray.tracking import tracking_uri
+    from ftray.tuner import NothingToResume, SweepInterrupted, run_sweep
 
-    result = run_sweep(spec)
+    try:
+        result = run_sweep(spec, resume=args.resume)
+    except NothingToResume:
+        print(f"the last sweep of '{spec.name}' already finished; nothing to resume")
+        print(render_leaderboard(MlflowClient(tracking_uri(spec)), spec))
+        return EXIT_OK
+    except SweepInterrupted as exc:
+        print(
+            f"error: sweep interrupted; Ray Tune saved its state at {exc}. "
+            f"Resume with: ftray sweep {args.spec} --resume",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
     board = render_leaderboard(MlflowClient(result.tracking_uri), spec)
     print(board or "no trials recorded")
     if result.registration is not None:
@@ -166,6 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
         "sweep", help="run the sweep on Ray Tune; prints a leaderboard at the end"
     )
     _add_spec_args(sweep)
+    sweep.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the spec's last sweep (Tune state, Optuna study, MLflow parent run); "
+        "finished trials are not re-run",
+    )
     sweep.set_defaults(func=cmd_sweep)
 
     board = sub.add_parser("leaderboard", help="trials of the spec's last sweep, best first")
@@ -191,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INPUT
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as exc:
         from ftray.backends import BackendUnavailable
 

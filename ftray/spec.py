@@ -276,6 +276,31 @@ class SpecSource:
         return Problem(str(self.path), self.line_of(loc), message)
 
 
+class StorageSpec(_Frozen):
+    """Where a sweep keeps state that must outlive the driver (shared on a cluster)."""
+
+    tune_path: str | None = None
+    optuna_url: str | None = None
+
+    @field_validator("tune_path")
+    @classmethod
+    def _resolve_tune_path(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None or "://" in value:
+            return value
+        return _resolve_path(value, info)
+
+    @field_validator("optuna_url")
+    @classmethod
+    def _looks_like_a_database_url(cls, value: str | None) -> str | None:
+        if value is not None and "://" not in value:
+            raise PydanticCustomError(
+                "optuna_url",
+                "'{value}' is not a database URL; write e.g. postgresql://user@host/db or sqlite:///optuna.db",
+                {"value": value},
+            )
+        return value
+
+
 class Spec(_Frozen):
     """A whole validated sweep spec."""
 
@@ -287,6 +312,7 @@ class Spec(_Frozen):
     search: SearchSpec | None = None
     resources_per_trial: ResourcesSpec = Field(default_factory=ResourcesSpec)
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    storage: StorageSpec = Field(default_factory=StorageSpec)
 
     _source: SpecSource | None = PrivateAttr(default=None)
 
@@ -454,5 +480,11 @@ def flatten(spec: Spec) -> dict[str, Any]:
         else:
             out[prefix] = str(value)
 
-    walk("", spec.model_dump(by_alias=True, exclude={"search"}))
+    # Storage and tracking URLs may carry credentials (postgresql://user:password@...).
+    walk(
+        "",
+        spec.model_dump(
+            by_alias=True, exclude={"search": True, "storage": True, "tracking": {"uri"}}
+        ),
+    )
     return out

@@ -81,25 +81,92 @@ def log_samples_table(client: Any, run_id: str, samples_file: Path) -> None:
 class TrialRecord:
     """What the driver knows of one trial's child run."""
 
-    def __init__(self, run_id: str, planned_epochs: int) -> None:
+    def __init__(self, run_id: str, planned_epochs: int, status: str = "running") -> None:
         self.run_id = run_id
         self.planned_epochs = planned_epochs
         self.last_result: dict[str, Any] = {}
-        self.status = "running"
+        self.status = status
+
+
+FINISHED_STATUSES = ("completed", "pruned")
+PLACEMENT_KEYS = {
+    "backend": "ftray.backend",
+    "node_id": "ftray.node_id",
+    "gpu_ids": "ftray.gpu_ids",
+}
 
 
 class MlflowSweepCallback(Callback):
-    """Creates, fills and closes one child run per Tune trial, from the driver."""
+    """Creates, fills and closes one child run per Tune trial, from the driver.
 
-    def __init__(self, client: Any, experiment_id: str, parent_run_id: str, spec: Spec) -> None:
-        self.client = client
+    Picklable (Tune saves its run config): the MLflow client is rebuilt from the URI.
+    """
+
+    def __init__(self, uri: str, experiment_id: str, parent_run_id: str, spec: Spec) -> None:
+        self.uri = uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
         self.spec = spec
         self.records: dict[str, TrialRecord] = {}
+        self._client: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_client": None}
+
+    @property
+    def client(self) -> Any:
+        """The MLflow client (created on first use)."""
+        if self._client is None:
+            from mlflow import MlflowClient
+
+            self._client = MlflowClient(self.uri)
+        return self._client
+
+    def adopt_existing_runs(self) -> int:
+        """On resume: take over the parent's child runs; close the ones the dead driver left open.
+
+        Returns how many orphaned runs were marked KILLED.
+        """
+        orphans = 0
+        children = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_run_id}'",
+            max_results=5000,
+        )
+        for run in children:
+            trial_id = run.data.tags.get(TRIAL_ID_TAG)
+            if not trial_id:
+                continue
+            status = run.data.tags.get(TRIAL_STATUS_TAG, "running")
+            if run.info.status == "RUNNING":
+                self.client.set_tag(run.info.run_id, TRIAL_STATUS_TAG, "killed")
+                self.client.set_terminated(run.info.run_id, "KILLED")
+                status, orphans = "killed", orphans + 1
+            planned = int(run.data.params.get("train.epochs", self.spec.train.epochs))
+            record = TrialRecord(run.info.run_id, planned, status)
+            if status in FINISHED_STATUSES:
+                record.last_result = dict(run.data.metrics)
+            self.records[trial_id] = record
+        return orphans
+
+    def finished_results(self) -> dict[str, dict[str, Any]]:
+        """Last metrics of every trial whose run already finished (they must not run again)."""
+        return {
+            tid: r.last_result for tid, r in self.records.items() if r.status in FINISHED_STATUSES
+        }
 
     def _record(self, trial: Any) -> TrialRecord:
         record = self.records.get(trial.trial_id)
+        if (
+            record is not None
+            and record.status not in FINISHED_STATUSES
+            and record.status != "running"
+        ):
+            # A trial the previous driver left unfinished, now resumed by Tune: reopen its run.
+            self.client.update_run(record.run_id, status="RUNNING")
+            self.client.set_tag(record.run_id, TRIAL_STATUS_TAG, "running")
+            record.status = "running"
+            progress(f"trial {trial.trial_id} resumed")
         if record is None:
             trial_spec = self.spec.with_values(trial.config)
             run = self.client.create_run(
@@ -131,6 +198,10 @@ class MlflowSweepCallback(Callback):
         self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
     ) -> None:
         record = self._record(trial)
+        if not record.last_result:
+            for key, tag in PLACEMENT_KEYS.items():
+                if key in result:
+                    self.client.set_tag(record.run_id, tag, str(result[key]))
         record.last_result = result
         epoch = int(result.get("epoch", result.get("training_iteration", 0)))
         metrics = {k: v for k, v in result.items() if k in self._metric_keys(result)}
@@ -179,6 +250,9 @@ class MlflowSweepCallback(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         record = self._record(trial)
+        if record.status in FINISHED_STATUSES:
+            progress(f"trial {trial.trial_id} had already finished; not run again")
+            return
         epochs = int(record.last_result.get("epoch", 0))
         self._finish(
             trial, "completed" if epochs >= record.planned_epochs else "pruned", "FINISHED"
@@ -186,6 +260,10 @@ class MlflowSweepCallback(Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._finish(trial, "failed", "FAILED")
+
+    def finished_count(self) -> int:
+        """Trials that completed or were pruned (failed ones are not finished)."""
+        return sum(r.status in FINISHED_STATUSES for r in self.records.values())
 
     def close_open_runs(self, status: str = "KILLED") -> None:
         """End every child run still open (the sweep stopped or crashed)."""

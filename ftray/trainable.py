@@ -11,20 +11,47 @@ from ftray.spec import Spec
 from ftray.train import EpochReport, train_trial
 
 
-def make_trainable(spec: Spec) -> Any:
-    """A Tune trainable bound to `spec`, asking for `resources_per_trial`."""
+def make_trainable(spec: Spec, finished: dict[str, dict[str, Any]] | None = None) -> Any:
+    """A Tune trainable bound to `spec`, asking for `resources_per_trial`.
+
+    `finished` maps trial ids that already finished (per MLflow) to their last metrics: when
+    Tune's saved state lags behind and restores such a trial, it reports those metrics
+    again instead of training a second time.
+    """
     from ray import tune
 
+    done_before = dict(finished or {})
+
     def run_trial(config: dict[str, Any]) -> None:
+        import ray
+
+        from ftray.backends import resolve_backend_name
+
+        trial_id = tune.get_context().get_trial_id()
+        if trial_id in done_before:
+            tune.report(done_before[trial_id], checkpoint=tune.get_checkpoint())
+            return
+
         trial_spec = spec.with_values(config)
         work = Path(tune.get_context().get_trial_dir()) / "work"
+        # Where the trial ran, for the run's tags: one GPU per trial is checkable afterwards.
+        placement = {
+            "backend": resolve_backend_name(trial_spec.model.backend),
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids()),
+        }
 
         def report(epoch: EpochReport) -> None:
             (epoch.adapter_dir / "samples.jsonl").write_text(
                 "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in epoch.samples)
             )
             tune.report(
-                {"epoch": epoch.epoch, "epochs_planned": trial_spec.train.epochs, **epoch.metrics},
+                {
+                    "epoch": epoch.epoch,
+                    "epochs_planned": trial_spec.train.epochs,
+                    **placement,
+                    **epoch.metrics,
+                },
                 checkpoint=tune.Checkpoint.from_directory(str(epoch.adapter_dir)),
             )
 

@@ -35,14 +35,27 @@ def optuna_distribution(distribution: Distribution) -> Any:
     return optuna.distributions.IntDistribution(values[0], values[1])
 
 
-def build_searcher(spec: Spec) -> Any:
-    """OptunaSearch (TPE seeded by train.seed) over the spec's space."""
+def build_searcher(spec: Spec, study_name: str | None = None) -> Any:
+    """OptunaSearch (TPE seeded by train.seed) over the spec's space.
+
+    With `storage.optuna_url` the study lives in that database under `study_name`, so it
+    outlives the driver and can be read afterwards.
+    """
+    import optuna
     from ray.tune.search.optuna import OptunaSearch
 
     assert spec.search is not None
     space = {path: optuna_distribution(d) for path, d in spec.search.space.items()}
+    storage = (
+        optuna.storages.RDBStorage(spec.storage.optuna_url) if spec.storage.optuna_url else None
+    )
     return OptunaSearch(
-        space=space, metric=spec.search.objective, mode=spec.search.mode, seed=spec.train.seed
+        space=space,
+        metric=spec.search.objective,
+        mode=spec.search.mode,
+        sampler=optuna.samplers.TPESampler(seed=spec.train.seed),
+        storage=storage,
+        study_name=study_name if storage is not None else None,
     )
 
 
@@ -104,16 +117,79 @@ def init_ray() -> None:
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
-        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+        # A Ray of our own serves this machine only: keep it on loopback.
+        ray.init(
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+            _node_ip_address="127.0.0.1",
+        )
 
 
-def run_sweep(spec: Spec) -> SweepResult:
-    """Run the whole sweep; every MLflow run it opens is closed whatever happens."""
+class NothingToResume(Exception):
+    """`--resume` found the last sweep already finished."""
+
+
+def tune_storage_path(spec: Spec) -> str:
+    """Ray Tune's storage_path: `storage.tune_path`, else ./ray_results."""
+    return spec.storage.tune_path or str(Path(RESULTS_DIR).resolve())
+
+
+def build_tuner(
+    spec: Spec, callback: MlflowSweepCallback, experiment_name: str, study_name: str
+) -> Any:
+    """A fresh Tuner for the sweep."""
+    from ray import tune
+
+    assert spec.search is not None
+    return tune.Tuner(
+        make_trainable_for(spec),
+        tune_config=tune.TuneConfig(
+            search_alg=build_searcher(spec, study_name),
+            scheduler=build_scheduler(spec),
+            num_samples=spec.search.num_trials,
+            max_concurrent_trials=spec.search.max_concurrent_trials,
+        ),
+        run_config=tune.RunConfig(
+            name=experiment_name,
+            storage_path=tune_storage_path(spec),
+            callbacks=[callback],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            failure_config=tune.FailureConfig(max_failures=0),
+            verbose=0,
+        ),
+    )
+
+
+def restore_tuner(spec: Spec, callback: MlflowSweepCallback, experiment_path: str) -> Any:
+    """The interrupted sweep's Tuner: unfinished and errored trials resume, finished ones stay."""
+    from ray import tune
+
+    if not tune.Tuner.can_restore(experiment_path):
+        raise RuntimeError(f"no Ray Tune state to resume at {experiment_path}")
+    tuner = tune.Tuner.restore(
+        experiment_path,
+        make_trainable_for(spec, callback.finished_results()),
+        resume_unfinished=True,
+        resume_errored=True,
+    )
+    # Tune restores the run config it pickled, callbacks included; swap in this driver's
+    # callback, which holds the live MLflow client and the adopted child runs.
+    tuner._local_tuner.get_run_config().callbacks = [callback]
+    return tuner
+
+
+def run_sweep(spec: Spec, resume: bool = False) -> SweepResult:
+    """Run (or resume) the whole sweep; every MLflow run it opens is closed whatever happens."""
     # Trials checkpoint every epoch; Tune's advice to checkpoint less is noise here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Save Tune's experiment state often (default: at most every 10 s), so a killed driver
+    # loses little: trials it had just started but never saved are replaced on resume.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     import mlflow
     from mlflow import MlflowClient
-    from ray import tune
+
+    from ftray.leaderboard import latest_sweep_run
 
     if spec.search is None:
         from ftray.errors import InputError
@@ -129,58 +205,83 @@ def run_sweep(spec: Spec) -> SweepResult:
     uri = tracking_uri(spec)
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name(spec.name)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(spec.name)
-    parent = client.create_run(
-        experiment_id,
-        run_name=f"sweep-{time.strftime('%Y%m%d-%H%M%S')}",
-        tags={
-            ROLE_TAG: "sweep",
-            "ftray.spec_sha256": spec.source.sha256,
-            "ftray.objective": spec.search.objective,
-        },
-    )
-    parent_id = parent.info.run_id
-    callback = MlflowSweepCallback(client, experiment_id, parent_id, spec)
+    if resume:
+        parent = latest_sweep_run(client, spec)
+        if parent is None:
+            from ftray.errors import InputError
+
+            raise InputError.at(
+                spec.source.path,
+                None,
+                f"no earlier sweep of '{spec.name}' at {uri} to resume; run without --resume",
+            )
+        if parent.info.status == "FINISHED":
+            raise NothingToResume(parent.info.run_id)
+        experiment_id, parent_id = parent.info.experiment_id, parent.info.run_id
+        experiment_path = parent.data.tags["ftray.tune_experiment"]
+        client.update_run(parent_id, status="RUNNING")
+        callback = MlflowSweepCallback(uri, experiment_id, parent_id, spec)
+        orphans = callback.adopt_existing_runs()
+        progress(
+            f"resuming sweep {parent.info.run_name} from {experiment_path}: "
+            f"{callback.finished_count()} trials finished, {orphans} orphaned run(s) marked KILLED"
+        )
+    else:
+        experiment = client.get_experiment_by_name(spec.name)
+        experiment_id = (
+            experiment.experiment_id if experiment else client.create_experiment(spec.name)
+        )
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        experiment_name = f"{spec.name}-{stamp}"
+        experiment_path = f"{tune_storage_path(spec).rstrip('/')}/{experiment_name}"
+        parent = client.create_run(
+            experiment_id,
+            run_name=f"sweep-{stamp}",
+            tags={
+                ROLE_TAG: "sweep",
+                "ftray.spec_sha256": spec.source.sha256,
+                "ftray.objective": spec.search.objective,
+                "ftray.tune_experiment": experiment_path,
+                "ftray.optuna_study": experiment_name,
+            },
+        )
+        parent_id = parent.info.run_id
+        callback = MlflowSweepCallback(uri, experiment_id, parent_id, spec)
     status = "FAILED"
     try:
-        from mlflow.entities import Param
+        if not resume:
+            from mlflow.entities import Param
 
-        params = safe_params(
-            {f"search.{k}": v for k, v in spec.search.model_dump(exclude={"space"}).items()}
-        )
-        params |= safe_params(
-            {
-                f"space.{k}": d.model_dump(by_alias=True, exclude_none=True)
-                for k, d in spec.search.space.items()
-            }
-        )
-        client.log_batch(parent_id, params=[Param(k, v) for k, v in params.items()])
+            params = safe_params(
+                {f"search.{k}": v for k, v in spec.search.model_dump(exclude={"space"}).items()}
+            )
+            params |= safe_params(
+                {
+                    f"space.{k}": d.model_dump(by_alias=True, exclude_none=True)
+                    for k, d in spec.search.space.items()
+                }
+            )
+            client.log_batch(parent_id, params=[Param(k, v) for k, v in params.items()])
         init_ray()
-        storage = Path(RESULTS_DIR).resolve()
-        tuner = tune.Tuner(
-            make_trainable_for(spec),
-            tune_config=tune.TuneConfig(
-                search_alg=build_searcher(spec),
-                scheduler=build_scheduler(spec),
-                num_samples=spec.search.num_trials,
-                max_concurrent_trials=spec.search.max_concurrent_trials,
-            ),
-            run_config=tune.RunConfig(
-                name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-                storage_path=str(storage),
-                callbacks=[callback],
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                failure_config=tune.FailureConfig(max_failures=0),
-                verbose=0,
-            ),
-        )
+        if resume:
+            tuner = restore_tuner(spec, callback, experiment_path)
+        else:
+            tuner = build_tuner(
+                spec,
+                callback,
+                experiment_path.rsplit("/", 1)[1],
+                parent.data.tags["ftray.optuna_study"],
+            )
         progress(
             f"sweep {spec.name}: {spec.search.num_trials} trials, {spec.search.max_concurrent_trials} at a time, "
             f"{spec.search.scheduler} on {spec.search.objective} ({spec.search.mode}); MLflow at {uri}"
         )
         grid = tuner.fit()
         outcomes = collect_outcomes(spec, grid, callback)
+        terminal = [o for o in outcomes if o.status in ("completed", "pruned", "failed")]
+        if len(terminal) < spec.search.num_trials:
+            status = "KILLED"
+            raise SweepInterrupted(experiment_path)
         registration = register_best(spec, client, parent_id, outcomes, base, task.dataset_sha256)
         log_sweep_plots(spec, client, parent_id, outcomes)
         status = "FINISHED"
@@ -193,11 +294,15 @@ def run_sweep(spec: Spec) -> SweepResult:
         client.set_terminated(parent_id, status)
 
 
-def make_trainable_for(spec: Spec) -> Any:
+class SweepInterrupted(Exception):
+    """The sweep was stopped (SIGINT, `ray job stop`) before every trial finished; Tune saved its state."""
+
+
+def make_trainable_for(spec: Spec, finished: dict[str, dict[str, Any]] | None = None) -> Any:
     """The Tune trainable (imported late: it pulls in the training stack)."""
     from ftray.trainable import make_trainable
 
-    return make_trainable(spec)
+    return make_trainable(spec, finished)
 
 
 def collect_outcomes(spec: Spec, grid: Any, callback: MlflowSweepCallback) -> list[TrialOutcome]:
@@ -213,7 +318,7 @@ def collect_outcomes(spec: Spec, grid: Any, callback: MlflowSweepCallback) -> li
             TrialOutcome(
                 trial_id=trial_id,
                 run_id=record.run_id if record else "",
-                status=record.status if record else ("failed" if result.error else "completed"),
+                status=record.status if record else ("failed" if result.error else "not started"),
                 value=value,
                 epochs=int((result.metrics or {}).get("epoch", 0)),
                 config=dict(result.config or {}),

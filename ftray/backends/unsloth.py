@@ -1,15 +1,113 @@
 """Unsloth's FastLanguageModel: the fast 4-bit LoRA path on a CUDA GPU.
 
 Unsloth patches transformers, trl and peft when imported and raises without a GPU, so it
-is imported here, lazily, and this module must be loaded before those libraries are used
-in the trial process. Not yet exercised on a GPU by this project's tests.
+is imported here, lazily, inside `UnslothBackend.load`, before anything in that call
+imports trl/transformers/peft. Its argument mapping, import order and compile-cache
+location are checked against a fake `unsloth` module (tests/unit/test_unsloth_backend.py);
+this path has not yet been run on a GPU by this project's tests.
+
+Two things a sweep needs that a single run does not:
+
+- Unsloth writes generated modules to `$UNSLOTH_COMPILE_LOCATION`, by default the relative
+  folder `unsloth_compiled_cache`, i.e. inside every Ray trial's working directory. We point
+  it (unless the user already did) at one absolute per-node folder: `$FTRAY_UNSLOTH_CACHE`,
+  else `/tmp/ftray-unsloth-cache/<uid>`.
+- A trial that starts on a GPU the previous trial has not yet released runs out of memory,
+  so `load` first waits (bounded) for the device's memory to be free.
 """
 
 from __future__ import annotations
 
+import gc
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from ftray.spec import LoraSpec, ModelSpec
+
+COMPILE_CACHE_ENV = "UNSLOTH_COMPILE_LOCATION"
+"""Read by unsloth_zoo.compiler at import time; relative values resolve against the cwd."""
+FTRAY_CACHE_ENV = "FTRAY_UNSLOTH_CACHE"
+DEFAULT_CACHE_ROOT = Path("/tmp/ftray-unsloth-cache")
+
+
+def _user_id() -> str:
+    getuid = getattr(os, "getuid", None)
+    return str(getuid()) if getuid is not None else os.environ.get("USERNAME", "user")
+
+
+def compile_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """The absolute per-node folder for Unsloth's compiled modules (not created here)."""
+    env = os.environ if environ is None else environ
+    configured = env.get(FTRAY_CACHE_ENV, "").strip()
+    if configured:
+        path = Path(configured).expanduser()
+        if not path.is_absolute():
+            raise ValueError(
+                f"{FTRAY_CACHE_ENV}={configured!r} must be an absolute path: a relative one "
+                "would resolve inside each trial's working directory"
+            )
+        return path
+    return DEFAULT_CACHE_ROOT / _user_id()
+
+
+def prepare_compile_cache() -> Path:
+    """Set $UNSLOTH_COMPILE_LOCATION (unless already set) and create that folder.
+
+    Must run before `import unsloth`: unsloth_zoo reads the variable at import time.
+    """
+    os.environ.setdefault(COMPILE_CACHE_ENV, str(compile_cache_dir()))
+    location = Path(os.environ[COMPILE_CACHE_ENV])
+    location.mkdir(parents=True, exist_ok=True)
+    return location
+
+
+def wait_for_free_gpu_memory(
+    min_free_fraction: float = 0.9,
+    timeout_s: float = 120,
+    poll_s: float = 2.0,
+    mem_get_info: Callable[[], tuple[int, int]] | None = None,
+    sleep: Callable[[float], Any] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> bool:
+    """Poll `mem_get_info()` -> (free, total) until free/total >= `min_free_fraction`.
+
+    True once the memory is free; False (with a warning on stderr) when `timeout_s` passes
+    first, in which case the caller goes on and may run out of memory. `mem_get_info`
+    defaults to `torch.cuda.mem_get_info` (device-wide, other processes included).
+    """
+    if mem_get_info is None:
+        import torch
+
+        mem_get_info = torch.cuda.mem_get_info
+    deadline = clock() + timeout_s
+    while True:
+        free, total = mem_get_info()
+        fraction = free / total if total else 0.0
+        if fraction >= min_free_fraction:
+            return True
+        remaining = deadline - clock()
+        if remaining <= 0:
+            print(
+                f"[ftray] warning: only {fraction:.0%} of GPU memory free after {timeout_s:g}s "
+                f"(waited for {min_free_fraction:.0%}); loading anyway",
+                file=sys.stderr,
+                flush=True,
+            )
+            return False
+        sleep(min(poll_s, remaining))
+
+
+def _release_cached_gpu_memory() -> None:
+    """Return memory this process still caches from an earlier trial (Ray reuses workers)."""
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 class UnslothBackend:
@@ -19,6 +117,11 @@ class UnslothBackend:
 
     def load(self, base: str, model: ModelSpec, lora: LoraSpec, seed: int) -> tuple[Any, Any]:
         """Load the base through Unsloth (4-bit when asked) and attach LoRA."""
+        prepare_compile_cache()
+        import torch  # torch is not one of the libraries Unsloth must precede
+
+        _release_cached_gpu_memory()
+        wait_for_free_gpu_memory(mem_get_info=torch.cuda.mem_get_info)
         try:
             import unsloth  # noqa: F401  (must precede trl/transformers/peft)
             from unsloth import FastLanguageModel
@@ -31,7 +134,7 @@ class UnslothBackend:
             model_name=base,
             max_seq_length=model.max_seq_length,
             load_in_4bit=model.load_in_4bit,
-            dtype=None,
+            dtype=None,  # Unsloth picks bfloat16 where supported, else float16
         )
         peft_model = FastLanguageModel.get_peft_model(
             base_model,

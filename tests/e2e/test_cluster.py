@@ -1,0 +1,459 @@
+"""The cluster path on one machine: resume after a killed driver, `ray job submit` /
+`ray job stop` against a token-authenticated head, MLflow as a tracking server on
+Postgres with the Optuna study in Postgres, and one logical GPU per trial."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from tests.conftest import ROOT, SPECS, run_cli
+
+pytestmark = pytest.mark.slow
+
+VENV_BIN = str(Path(sys.executable).parent)
+SWEEP_ARGS = ["--set", "train.epochs=2", "--set", "search.scheduler=fifo"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def sweep_env(work: Path, **extra: str) -> dict[str, str]:
+    return {"MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}", **extra}
+
+
+def trial_runs(uri: str, name: str = "trigger-tiny") -> list:
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        return []
+    return client.search_runs(
+        [experiment.experiment_id], filter_string="tags.`ftray.role` = 'trial'"
+    )
+
+
+def all_runs(uri: str, name: str = "trigger-tiny") -> list:
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(name)
+    return client.search_runs([experiment.experiment_id]) if experiment else []
+
+
+def wait_for(predicate, timeout: float, what: str, poll: float = 1.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def assert_sweep_finished_once(uri: str, num_trials: int) -> list:
+    """num_trials trials finished, each once; nothing RUNNING. Runs a dead driver had just
+    opened for trials Tune never recorded stay behind as KILLED orphans."""
+    runs = trial_runs(uri)
+    finished = [r for r in runs if r.data.tags["ftray.trial_status"] in ("completed", "pruned")]
+    trial_ids = [r.data.tags["ftray.trial_id"] for r in runs]
+    assert len(trial_ids) == len(set(trial_ids)), trial_ids
+    assert len(finished) == num_trials, [
+        (r.data.tags["ftray.trial_id"], r.data.tags["ftray.trial_status"]) for r in runs
+    ]
+    assert all(r.info.status == "FINISHED" for r in finished)
+    orphans = [r for r in runs if r not in finished]
+    assert all(
+        r.info.status == "KILLED" and r.data.tags["ftray.trial_status"] == "killed" for r in orphans
+    )
+    assert all(r.info.status != "RUNNING" for r in all_runs(uri)), [
+        (r.info.run_name, r.info.status) for r in all_runs(uri)
+    ]
+    return finished
+
+
+def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
+    env = {**os.environ, **sweep_env(tmp_path)}
+    uri = env["MLFLOW_TRACKING_URI"]
+    args = ["sweep", str(SPECS / "trigger_tiny.yaml"), "--set", "search.num_trials=5", *SWEEP_ARGS]
+    log = (tmp_path / "first.log").open("w")
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "ftray", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        wait_for(
+            lambda: (
+                sum(r.data.tags.get("ftray.trial_status") == "completed" for r in trial_runs(uri))
+                >= 2
+            ),
+            240,
+            "two finished trials",
+        )
+        wait_for(
+            lambda: any(r.info.status == "RUNNING" for r in trial_runs(uri)),
+            60,
+            "a trial in flight",
+        )
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(30)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    finished_before = {
+        r.data.tags["ftray.trial_id"]: r.info.end_time
+        for r in trial_runs(uri)
+        if r.info.status == "FINISHED"
+    }
+    assert any(r.info.status == "RUNNING" for r in all_runs(uri)), (
+        "the killed driver should have left runs open"
+    )
+    time.sleep(3)  # let the dead driver's local Ray wind down
+
+    resumed = run_cli(*args, "--resume", cwd=tmp_path, env=sweep_env(tmp_path))
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert "orphaned run(s) marked KILLED" in resumed.stderr
+    runs = assert_sweep_finished_once(uri, 5)
+    for run in runs:
+        trial_id = run.data.tags["ftray.trial_id"]
+        if trial_id in finished_before:
+            assert run.info.end_time == finished_before[trial_id], (
+                f"trial {trial_id} finished before the kill but ran again"
+            )
+    parents = [r for r in all_runs(uri) if r.data.tags.get("ftray.role") == "sweep"]
+    assert len(parents) == 1, "resume must reuse the parent run"
+    assert parents[0].info.status == "FINISHED"
+    tune_trials = list(Path(parents[0].data.tags["ftray.tune_experiment"]).glob("*/params.json"))
+    assert len(tune_trials) == 5, "Ray Tune ran exactly num_trials trials"
+    assert MlflowClient(uri).get_model_version_by_alias("trigger-tiny", "champion")
+
+    again = run_cli(*args, "--resume", cwd=tmp_path, env=sweep_env(tmp_path))
+    assert again.returncode == 0 and "nothing to resume" in again.stdout
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory: pytest.TempPathFactory):
+    """`ray start --head` on 127.0.0.1 with token authentication; stopped afterwards."""
+    temp = tmp_path_factory.mktemp("ray-head")
+    token = secrets.token_hex(16)
+    dashboard = free_port()
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": token,
+        "PATH": f"{VENV_BIN}:{os.environ['PATH']}",
+    }
+    start = subprocess.run(
+        [
+            f"{VENV_BIN}/ray",
+            "start",
+            "--head",
+            "--node-ip-address=127.0.0.1",
+            f"--port={free_port()}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard}",
+            "--num-cpus=2",
+            "--include-dashboard=true",
+            "--disable-usage-stats",
+            f"--temp-dir={temp}",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert start.returncode == 0, start.stdout + start.stderr
+    try:
+        yield {"address": f"http://127.0.0.1:{dashboard}", "env": env, "token": token}
+    finally:
+        subprocess.run(
+            [f"{VENV_BIN}/ray", "stop", "--force"], env=env, capture_output=True, timeout=120
+        )
+
+
+def job(ray_head: dict, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [f"{VENV_BIN}/ray", "job", *args],
+        env=ray_head["env"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def runtime_env(work: Path) -> str:
+    import json
+
+    return json.dumps(
+        {
+            "env_vars": {
+                "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
+                "HF_HUB_OFFLINE": "1",
+                "FTRAY_CACHE_DIR": os.environ["FTRAY_CACHE_DIR"],
+                "RAY_JOB_STOP_SIGNAL": "SIGINT",
+                "RAY_JOB_STOP_WAIT_TIME_S": "90",
+            },
+            "excludes": [".venv", ".git", "mlflow.db", "mlruns", "ray_results", "runs"],
+        }
+    )
+
+
+def test_ray_job_submit_to_a_token_authenticated_head(ray_head: dict, tmp_path: Path) -> None:
+    without_token = {k: v for k, v in ray_head["env"].items() if k != "RAY_AUTH_TOKEN"}
+    refused = subprocess.run(
+        [f"{VENV_BIN}/ray", "job", "list", "--address", ray_head["address"]],
+        env={**without_token, "RAY_AUTH_TOKEN_PATH": str(tmp_path / "no-token")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert refused.returncode != 0, "the head must refuse clients without the token"
+
+    entry = (
+        f"{sys.executable} -m ftray sweep search_spaces/trigger_tiny.yaml --set search.num_trials=2 "
+        f"{' '.join(SWEEP_ARGS)} --set storage.tune_path={tmp_path / 'tune'}"
+    )
+    result = job(
+        ray_head,
+        "submit",
+        "--address",
+        ray_head["address"],
+        "--working-dir",
+        ".",
+        "--runtime-env-json",
+        runtime_env(tmp_path),
+        "--",
+        *entry.split(),
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert "succeeded" in result.stdout
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert_sweep_finished_once(uri, 2)
+    assert MlflowClient(uri).get_model_version_by_alias("trigger-tiny", "champion")
+
+
+def test_ray_job_stop_saves_state_and_resume_completes(ray_head: dict, tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    entry = (
+        f"{sys.executable} -m ftray sweep search_spaces/trigger_tiny.yaml --set search.num_trials=4 "
+        f"{' '.join(SWEEP_ARGS)} --set storage.tune_path={tmp_path / 'tune'}"
+    )
+    job_id = f"ftray-stop-{secrets.token_hex(4)}"
+    submitted = job(
+        ray_head,
+        "submit",
+        "--no-wait",
+        "--submission-id",
+        job_id,
+        "--address",
+        ray_head["address"],
+        "--working-dir",
+        ".",
+        "--runtime-env-json",
+        runtime_env(tmp_path),
+        "--",
+        *entry.split(),
+    )
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    wait_for(
+        lambda: any(r.data.tags.get("ftray.trial_status") == "completed" for r in trial_runs(uri)),
+        300,
+        "a finished trial",
+    )
+    stopped = job(ray_head, "stop", "--address", ray_head["address"], job_id)
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    wait_for(
+        lambda: all(r.info.status != "RUNNING" for r in all_runs(uri)),
+        120,
+        "no RUNNING run after ray job stop",
+    )
+    logs = job(ray_head, "logs", "--address", ray_head["address"], job_id).stdout
+    assert "sweep interrupted; Ray Tune saved its state" in logs, logs[-3000:]
+    assert len(trial_runs(uri)) < 4 or any(
+        r.data.tags["ftray.trial_status"] == "killed" for r in trial_runs(uri)
+    )
+
+    resumed = job(
+        ray_head,
+        "submit",
+        "--address",
+        ray_head["address"],
+        "--working-dir",
+        ".",
+        "--runtime-env-json",
+        runtime_env(tmp_path),
+        "--",
+        *entry.split(),
+        "--resume",
+    )
+    assert resumed.returncode == 0, resumed.stdout[-4000:] + resumed.stderr[-2000:]
+    assert_sweep_finished_once(uri, 4)
+
+
+@pytest.fixture
+def postgres_databases():
+    """Two fresh databases on the local PostgreSQL server (MLflow's and Optuna's: both keep
+    an alembic_version table, so they cannot share one), dropped afterwards."""
+    import psycopg
+
+    names = [f"ftray_test_{secrets.token_hex(4)}" for _ in range(2)]
+    try:
+        admin = psycopg.connect(
+            host="127.0.0.1",
+            port=5432,
+            dbname="postgres",
+            user=os.environ.get("PGUSER", "postgres"),
+            autocommit=True,
+        )
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"no PostgreSQL server on 127.0.0.1:5432 ({exc})")
+    user = os.environ.get("PGUSER", "postgres")
+    try:
+        with admin.cursor() as cursor:
+            for name in names:
+                cursor.execute(f'CREATE DATABASE "{name}"')
+        yield [f"postgresql://{user}@127.0.0.1:5432/{name}" for name in names]
+    finally:
+        with admin.cursor() as cursor:
+            for name in names:
+                cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+def test_mlflow_server_on_postgres_and_optuna_study_in_postgres(
+    postgres_databases: list[str], tmp_path: Path
+) -> None:
+    import optuna
+    import requests
+
+    mlflow_db, optuna_db = postgres_databases
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            f"{VENV_BIN}/mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            mlflow_db,
+            "--serve-artifacts",
+            "--artifacts-destination",
+            (tmp_path / "artifacts").as_uri(),
+        ],
+        cwd=tmp_path,
+        stdout=(tmp_path / "server.log").open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+
+        def healthy() -> bool:
+            try:
+                return requests.get(f"http://127.0.0.1:{port}/health", timeout=2).ok
+            except requests.RequestException:
+                return False
+
+        wait_for(healthy, 120, "mlflow server")
+        uri = f"http://127.0.0.1:{port}"
+        result = run_cli(
+            "sweep",
+            str(SPECS / "trigger_tiny.yaml"),
+            "--set",
+            "search.num_trials=3",
+            *SWEEP_ARGS,
+            "--set",
+            f"storage.optuna_url={optuna_db}",
+            cwd=tmp_path,
+            env={"MLFLOW_TRACKING_URI": uri},
+        )
+        assert result.returncode == 0, result.stderr[-4000:]
+        runs = assert_sweep_finished_once(uri, 3)
+        champion = MlflowClient(uri).get_model_version_by_alias("trigger-tiny", "champion")
+        assert champion.source.startswith("mlflow-artifacts:") or "artifacts" in champion.source
+        assert list((tmp_path / "artifacts").rglob("adapter_config.json")), (
+            "artifacts must be proxied by the server"
+        )
+        assert not (tmp_path / "mlflow.db").exists()
+
+        parent = next(r for r in all_runs(uri) if r.data.tags.get("ftray.role") == "sweep")
+        study = optuna.load_study(
+            study_name=parent.data.tags["ftray.optuna_study"], storage=optuna_db
+        )
+        assert len(study.trials) == 3
+        assert {t.params["lora.r"] for t in study.trials} == {
+            int(r.data.params["lora.r"]) for r in runs
+        }
+        assert all(t.state.name == "COMPLETE" for t in study.trials)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(60)
+
+
+def test_one_logical_gpu_per_trial_on_a_multi_node_cluster(tmp_path: Path) -> None:
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "num_gpus": 0})
+    try:
+        for _ in range(3):
+            cluster.add_node(num_cpus=1, num_gpus=1)
+        cluster.wait_for_nodes()
+        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+        result = run_cli(
+            "sweep",
+            str(SPECS / "trigger_tiny.yaml"),
+            "--set",
+            "search.num_trials=5",
+            "--set",
+            "search.max_concurrent_trials=5",
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "search.scheduler=fifo",
+            "--set",
+            "resources_per_trial.gpu=1",
+            "--set",
+            "resources_per_trial.cpu=1",
+            cwd=tmp_path,
+            env={"MLFLOW_TRACKING_URI": uri, "RAY_ADDRESS": cluster.address},
+        )
+        assert result.returncode == 0, result.stderr[-4000:]
+    finally:
+        cluster.shutdown()
+    runs = assert_sweep_finished_once(uri, 5)
+    spans = []
+    for run in runs:
+        tags = run.data.tags
+        assert tags["ftray.backend"] == "peft", "no real CUDA here: auto must pick peft"
+        assert tags["ftray.gpu_ids"] != "", "each trial must hold a GPU"
+        assert len(tags["ftray.gpu_ids"].split(",")) == 1
+        spans.append(
+            (run.info.start_time, run.info.end_time, (tags["ftray.node_id"], tags["ftray.gpu_ids"]))
+        )
+    for i, (start_a, end_a, gpu_a) in enumerate(spans):
+        for start_b, end_b, gpu_b in spans[i + 1 :]:
+            overlap = start_a < end_b and start_b < end_a
+            assert not (overlap and gpu_a == gpu_b), "two trials shared one GPU"
+    events = sorted([(s, 1) for s, _, _ in spans] + [(e, -1) for _, e, _ in spans])
+    running = peak = 0
+    for _, delta in events:
+        running += delta
+        peak = max(peak, running)
+    assert peak == 3, f"concurrency should equal the 3 GPUs, was {peak}"
+    assert len({gpu for _, _, gpu in spans}) == 3
