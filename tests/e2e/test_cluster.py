@@ -175,8 +175,21 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory):
         timeout=180,
     )
     assert start.returncode == 0, start.stdout + start.stderr
+    address = f"http://127.0.0.1:{dashboard}"
     try:
-        yield {"address": f"http://127.0.0.1:{dashboard}", "env": env, "token": token}
+        # The head answers before its job agent is up ("No available agent to submit job").
+        def agent_ready() -> bool:
+            probe = subprocess.run(
+                [f"{VENV_BIN}/ray", "job", "submit", "--address", address, "--", "true"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            return probe.returncode == 0
+
+        wait_for(agent_ready, 180, "the head's job agent", poll=3)
+        yield {"address": address, "env": env, "token": token}
     finally:
         subprocess.run(
             [f"{VENV_BIN}/ray", "stop", "--force"], env=env, capture_output=True, timeout=120
