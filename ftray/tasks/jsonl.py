@@ -8,8 +8,24 @@ from pathlib import Path
 from typing import Any
 
 from ftray.errors import InputError, Problem
+from ftray.spec import Spec
 
 MAX_PROBLEMS = 20
+
+
+def require_data(spec: Spec) -> Path:
+    """`task.data` as a path; a missing one is reported at the spec line that names it."""
+    path = Path(spec.task.data)
+    if not path.exists():
+        raise InputError(
+            [
+                spec.source.problem(
+                    ("task", "data"),
+                    f"task.data {path} not found; fix the path (relative paths are relative to the spec file)",
+                )
+            ]
+        )
+    return path
 
 
 def read_jsonl(path: Path) -> list[tuple[int, Any]]:

@@ -16,7 +16,7 @@ from jsonschema.validators import validator_for
 from ftray.errors import InputError, Problem
 from ftray.spec import PipelineTaskSpec, Spec
 from ftray.tasks import EvalCase, Row
-from ftray.tasks.jsonl import MAX_PROBLEMS, check_keys, read_jsonl, sha256_of
+from ftray.tasks.jsonl import MAX_PROBLEMS, check_keys, read_jsonl, require_data, sha256_of
 
 _FENCE = re.compile(r"^```(?:json)?\s*\n?(.*?)\n?```$", re.DOTALL)
 
@@ -153,13 +153,7 @@ class PipelineTask:
         if problems:
             raise InputError(problems)
 
-        path = Path(config.data)
-        if not path.exists():
-            raise InputError.at(
-                path,
-                None,
-                "data file not found; check task.data in the spec (paths are relative to the spec file)",
-            )
+        path = require_data(spec)
         examples: list[StepExample] = []
         files = _data_files(path)
         for file, default_step in files:

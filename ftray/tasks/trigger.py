@@ -5,13 +5,12 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from ftray.errors import InputError, Problem
 from ftray.spec import Spec, TriggerTaskSpec
 from ftray.tasks import EvalCase, Row
-from ftray.tasks.jsonl import MAX_PROBLEMS, check_keys, read_jsonl, sha256_of
+from ftray.tasks.jsonl import MAX_PROBLEMS, check_keys, read_jsonl, require_data, sha256_of
 
 PLACEHOLDER = "{{name}}"
 CLEAN = "untriggered"
@@ -120,7 +119,7 @@ class TriggerTask:
     def from_spec(cls, spec: Spec) -> TriggerTask:
         """Read and validate `task.data`."""
         assert isinstance(spec.task, TriggerTaskSpec)
-        path = Path(spec.task.data)
+        path = require_data(spec)
         pairs: list[QAPair] = []
         problems: list[Problem] = []
         for number, row in read_jsonl(path):

@@ -4,6 +4,7 @@ Postgres with the Optuna study in Postgres, and one logical GPU per trial."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -80,6 +81,21 @@ def assert_sweep_finished_once(uri: str, num_trials: int) -> list:
     return finished
 
 
+def kill_local_ray_of(driver: subprocess.Popen) -> None:
+    """Stop the local Ray a killed driver started (its session name ends with the driver's pid)."""
+    if driver.poll() is None:
+        driver.kill()
+    pattern = f"session_[0-9_-]+_{driver.pid}( |/|$)"
+    subprocess.run(["pkill", "-9", "-f", pattern], check=False)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(driver.pid, signal.SIGKILL)
+    wait_for(
+        lambda: subprocess.run(["pgrep", "-f", pattern], capture_output=True).returncode != 0,
+        60,
+        "the killed driver's Ray to stop",
+    )
+
+
 def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
     env = {**os.environ, **sweep_env(tmp_path)}
     uri = env["MLFLOW_TRACKING_URI"]
@@ -110,8 +126,7 @@ def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait(30)
     finally:
-        if driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGKILL)
+        kill_local_ray_of(driver)
     finished_before = {
         r.data.tags["ftray.trial_id"]: r.info.end_time
         for r in trial_runs(uri)
@@ -120,7 +135,6 @@ def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
     assert any(r.info.status == "RUNNING" for r in all_runs(uri)), (
         "the killed driver should have left runs open"
     )
-    time.sleep(3)  # let the dead driver's local Ray wind down
 
     resumed = run_cli(*args, "--resume", cwd=tmp_path, env=sweep_env(tmp_path))
     assert resumed.returncode == 0, resumed.stderr[-4000:]
@@ -168,6 +182,11 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory):
             "--include-dashboard=true",
             "--disable-usage-stats",
             f"--temp-dir={temp}",
+            # Ports of our own: Ray's defaults (52365 for the job agent...) may be taken.
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--dashboard-agent-grpc-port={free_port()}",
+            f"--metrics-export-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}",
         ],
         env=env,
         capture_output=True,

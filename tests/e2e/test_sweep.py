@@ -198,3 +198,35 @@ def test_no_ray_left_running() -> None:
         ["pgrep", "-f", "ray::|raylet|gcs_server"], capture_output=True, text=True
     )
     assert leftover.stdout.strip() == "" or os.environ.get("FTRAY_SHARED_RAY"), leftover.stdout
+
+
+def test_four_concurrent_trials_share_one_sqlite_tracking_store(tmp_path: Path) -> None:
+    # Only the driver writes to MLflow, so four trials at once never meet "database is locked".
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = run_cli(
+        "sweep",
+        str(SPECS / "trigger_tiny.yaml"),
+        "--set",
+        "search.num_trials=4",
+        "--set",
+        "search.max_concurrent_trials=4",
+        "--set",
+        "resources_per_trial.cpu=0.5",
+        "--set",
+        "train.epochs=2",
+        "--set",
+        "search.scheduler=fifo",
+        cwd=tmp_path,
+        env={"MLFLOW_TRACKING_URI": uri},
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "database is locked" not in result.stderr
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("trigger-tiny")
+    runs = client.search_runs(
+        [experiment.experiment_id], filter_string="tags.`ftray.role` = 'trial'"
+    )
+    assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
+    latest_start = max(r.info.start_time for r in runs)
+    earliest_end = min(r.info.end_time for r in runs)
+    assert latest_start < earliest_end, "all four trials should have run at the same time"

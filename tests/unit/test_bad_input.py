@@ -86,11 +86,8 @@ def test_empty_data_file(tmp_path: Path) -> None:
 
 def test_missing_data_file(tmp_path: Path) -> None:
     spec = write_case(tmp_path, GOOD_SPEC.replace("data: qa.jsonl", "data: nowhere.jsonl"))
-    result = run_cli("validate", str(spec))
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "HEAVY-IMPORT" not in result.stderr
-    [line] = result.stderr.strip().splitlines()
-    assert line.startswith("error: ") and "nowhere.jsonl" in line and "not found" in line
+    line = assert_input_error(spec, "spec.yaml", 4, "nowhere.jsonl not found")
+    assert "relative to the spec file" in line
 
 
 def test_missing_spec_file(tmp_path: Path) -> None:

@@ -1,0 +1,34 @@
+"""On a CUDA machine with `ftray[gpu]` installed: one real Unsloth trial of the tiny spec.
+
+Skipped elsewhere (this project's CI has no GPU), so the Unsloth path stays listed as
+unverified in the README until this has run.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from ftray.spec import load_spec
+from tests.conftest import SPECS
+
+torch = pytest.importorskip("torch")
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+    pytest.mark.skipif(
+        importlib.util.find_spec("unsloth") is None, reason="needs pip install 'ftray[gpu]'"
+    ),
+]
+
+
+def test_unsloth_trial_trains_and_evaluates(tmp_path: Path) -> None:
+    from ftray.train import train_trial
+
+    spec = load_spec(SPECS / "trigger_tiny.yaml", ["model.backend=unsloth", "train.epochs=2"])
+    report = train_trial(spec, tmp_path)
+    assert 0.0 <= report.metrics["trigger_score"] <= 1.0
+    assert (tmp_path / "adapter" / "adapter_config.json").exists()
