@@ -7,6 +7,9 @@ fast path on a CUDA GPU. Both hand back a PEFT model that the same TRL trainer t
 from __future__ import annotations
 
 import importlib.util
+import sys
+import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from ftray.spec import LoraSpec, ModelSpec
@@ -24,6 +27,42 @@ class Backend(Protocol):
 
 class BackendUnavailable(RuntimeError):
     """The backend named in the spec cannot run on this machine."""
+
+
+def wait_for_free_gpu_memory(
+    min_free_fraction: float = 0.9,
+    timeout_s: float = 120,
+    poll_s: float = 2.0,
+    mem_get_info: Callable[[], tuple[int, int]] | None = None,
+    sleep: Callable[[float], Any] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> bool:
+    """Poll `mem_get_info()` -> (free, total) until free/total >= `min_free_fraction`.
+
+    True once the memory is free; False (with a warning on stderr) when `timeout_s` passes
+    first, in which case the caller goes on and may run out of memory. `mem_get_info`
+    defaults to `torch.cuda.mem_get_info` (device-wide, other processes included).
+    """
+    if mem_get_info is None:
+        import torch
+
+        mem_get_info = torch.cuda.mem_get_info
+    deadline = clock() + timeout_s
+    while True:
+        free, total = mem_get_info()
+        fraction = free / total if total else 0.0
+        if fraction >= min_free_fraction:
+            return True
+        remaining = deadline - clock()
+        if remaining <= 0:
+            print(
+                f"[ftray] warning: only {fraction:.0%} of GPU memory free after {timeout_s:g}s "
+                f"(waited for {min_free_fraction:.0%}); loading anyway",
+                file=sys.stderr,
+                flush=True,
+            )
+            return False
+        sleep(min(poll_s, remaining))
 
 
 def cuda_available() -> bool:

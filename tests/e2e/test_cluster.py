@@ -243,6 +243,38 @@ def runtime_env(work: Path) -> str:
     )
 
 
+def submit_sweep(
+    ray_head: dict, work: Path, num_trials: int, *submit_flags: str, resume: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """`ray job submit --working-dir .` of a CPU sweep of the tiny spec, state under `work`."""
+    entry = [
+        sys.executable,
+        "-m",
+        "ftray",
+        "sweep",
+        "search_spaces/trigger_tiny.yaml",
+        "--set",
+        f"search.num_trials={num_trials}",
+        *SWEEP_ARGS,
+        "--set",
+        f"storage.tune_path={work / 'tune'}",
+        *(["--resume"] if resume else []),
+    ]
+    return job(
+        ray_head,
+        "submit",
+        *submit_flags,
+        "--address",
+        ray_head["address"],
+        "--working-dir",
+        ".",
+        "--runtime-env-json",
+        runtime_env(work),
+        "--",
+        *entry,
+    )
+
+
 def test_ray_job_submit_to_a_token_authenticated_head(ray_head: dict, tmp_path: Path) -> None:
     without_token = {k: v for k, v in ray_head["env"].items() if k != "RAY_AUTH_TOKEN"}
     refused = subprocess.run(
@@ -254,22 +286,7 @@ def test_ray_job_submit_to_a_token_authenticated_head(ray_head: dict, tmp_path: 
     )
     assert refused.returncode != 0, "the head must refuse clients without the token"
 
-    entry = (
-        f"{sys.executable} -m ftray sweep search_spaces/trigger_tiny.yaml --set search.num_trials=2 "
-        f"{' '.join(SWEEP_ARGS)} --set storage.tune_path={tmp_path / 'tune'}"
-    )
-    result = job(
-        ray_head,
-        "submit",
-        "--address",
-        ray_head["address"],
-        "--working-dir",
-        ".",
-        "--runtime-env-json",
-        runtime_env(tmp_path),
-        "--",
-        *entry.split(),
-    )
+    result = submit_sweep(ray_head, tmp_path, 2)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert "succeeded" in result.stdout
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -279,26 +296,8 @@ def test_ray_job_submit_to_a_token_authenticated_head(ray_head: dict, tmp_path: 
 
 def test_ray_job_stop_saves_state_and_resume_completes(ray_head: dict, tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    entry = (
-        f"{sys.executable} -m ftray sweep search_spaces/trigger_tiny.yaml --set search.num_trials=4 "
-        f"{' '.join(SWEEP_ARGS)} --set storage.tune_path={tmp_path / 'tune'}"
-    )
     job_id = f"ftray-stop-{secrets.token_hex(4)}"
-    submitted = job(
-        ray_head,
-        "submit",
-        "--no-wait",
-        "--submission-id",
-        job_id,
-        "--address",
-        ray_head["address"],
-        "--working-dir",
-        ".",
-        "--runtime-env-json",
-        runtime_env(tmp_path),
-        "--",
-        *entry.split(),
-    )
+    submitted = submit_sweep(ray_head, tmp_path, 4, "--no-wait", "--submission-id", job_id)
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr
     wait_for(
         lambda: any(r.data.tags.get("ftray.trial_status") == "completed" for r in trial_runs(uri)),
@@ -318,19 +317,7 @@ def test_ray_job_stop_saves_state_and_resume_completes(ray_head: dict, tmp_path:
         r.data.tags["ftray.trial_status"] == "killed" for r in trial_runs(uri)
     )
 
-    resumed = job(
-        ray_head,
-        "submit",
-        "--address",
-        ray_head["address"],
-        "--working-dir",
-        ".",
-        "--runtime-env-json",
-        runtime_env(tmp_path),
-        "--",
-        *entry.split(),
-        "--resume",
-    )
+    resumed = submit_sweep(ray_head, tmp_path, 4, resume=True)
     assert resumed.returncode == 0, resumed.stdout[-4000:] + resumed.stderr[-2000:]
     assert_sweep_finished_once(uri, 4)
 

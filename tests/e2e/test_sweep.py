@@ -16,6 +16,11 @@ pytestmark = pytest.mark.slow
 CANARY = "hf_canary_5bd1e0c4c0ffee"
 
 
+def overrides(*pairs: str) -> list[str]:
+    """`--set` arguments for each `key=value`."""
+    return [arg for pair in pairs for arg in ("--set", pair)]
+
+
 def children_of(client: MlflowClient, parent_id: str, experiment_id: str) -> list:
     return client.search_runs(
         [experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'"
@@ -30,12 +35,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> dict:
     result = run_cli(
         "sweep",
         str(SPECS / "trigger_tiny.yaml"),
-        "--set",
-        "search.num_trials=4",
-        "--set",
-        "train.epochs=3",
-        "--set",
-        "search.scheduler=fifo",
+        *overrides("search.num_trials=4", "train.epochs=3", "search.scheduler=fifo"),
         cwd=work,
         env={"MLFLOW_TRACKING_URI": uri, "HF_TOKEN": CANARY, "FTRAY_CACHE_DIR": str(cache)},
     )
@@ -143,14 +143,9 @@ def test_asha_prunes_hopeless_trials(tmp_path: Path) -> None:
     result = run_cli(
         "sweep",
         str(spec),
-        "--set",
-        "search.num_trials=6",
-        "--set",
-        "train.epochs=4",
-        "--set",
-        "search.objective=eval_loss",
-        "--set",
-        "search.mode=min",
+        *overrides(
+            "search.num_trials=6", "train.epochs=4", "search.objective=eval_loss", "search.mode=min"
+        ),
         cwd=tmp_path,
         env={"MLFLOW_TRACKING_URI": uri},
     )
@@ -206,16 +201,13 @@ def test_four_concurrent_trials_share_one_sqlite_tracking_store(tmp_path: Path) 
     result = run_cli(
         "sweep",
         str(SPECS / "trigger_tiny.yaml"),
-        "--set",
-        "search.num_trials=4",
-        "--set",
-        "search.max_concurrent_trials=4",
-        "--set",
-        "resources_per_trial.cpu=0.5",
-        "--set",
-        "train.epochs=2",
-        "--set",
-        "search.scheduler=fifo",
+        *overrides(
+            "search.num_trials=4",
+            "search.max_concurrent_trials=4",
+            "resources_per_trial.cpu=0.5",
+            "train.epochs=2",
+            "search.scheduler=fifo",
+        ),
         cwd=tmp_path,
         env={"MLFLOW_TRACKING_URI": uri},
     )
