@@ -11,7 +11,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -278,8 +277,3 @@ def _short(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
-
-
-def artifact_dir(prefix: str) -> Path:
-    """A scratch folder for artifacts the driver builds before logging them."""
-    return Path(tempfile.mkdtemp(prefix=f"ftray-{prefix}-"))
