@@ -79,7 +79,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from ftray.tuner import NothingToResume, SweepInterrupted, run_sweep
 
     try:
-        result = run_sweep(spec, resume=args.resume)
+        result = run_sweep(spec, resume=args.resume, force=args.force)
     except NothingToResume:
         print(f"the last sweep of '{spec.name}' already finished; nothing to resume")
         print(render_leaderboard(MlflowClient(tracking_uri(spec)), spec))
@@ -184,6 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="continue the spec's last sweep (Tune state, Optuna study, MLflow parent run); "
         "finished trials are not re-run",
+    )
+    sweep.add_argument(
+        "--force",
+        action="store_true",
+        help="move the champion alias to this sweep's best adapter even if it does not beat the champion",
     )
     sweep.set_defaults(func=cmd_sweep)
 

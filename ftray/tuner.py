@@ -179,7 +179,7 @@ def restore_tuner(spec: Spec, callback: MlflowSweepCallback, experiment_path: st
     return tuner
 
 
-def run_sweep(spec: Spec, resume: bool = False) -> SweepResult:
+def run_sweep(spec: Spec, resume: bool = False, force: bool = False) -> SweepResult:
     """Run (or resume) the whole sweep; every MLflow run it opens is closed whatever happens."""
     # Trials checkpoint every epoch; Tune's advice to checkpoint less is noise here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -282,7 +282,9 @@ def run_sweep(spec: Spec, resume: bool = False) -> SweepResult:
         if len(terminal) < spec.search.num_trials:
             status = "KILLED"
             raise SweepInterrupted(experiment_path)
-        registration = register_best(spec, client, parent_id, outcomes, base, task.dataset_sha256)
+        registration = register_best(
+            spec, client, parent_id, outcomes, base, task.dataset_sha256, force=force
+        )
         log_sweep_plots(spec, client, parent_id, outcomes)
         status = "FINISHED"
         return SweepResult(parent_id, grid.experiment_path, outcomes, registration, uri)
@@ -336,6 +338,7 @@ def register_best(
     outcomes: list[TrialOutcome],
     base: str,
     dataset_sha: str,
+    force: bool = False,
 ) -> Registration | None:
     """Register the best trial's adapter; None when no trial produced one."""
     assert spec.search is not None
@@ -372,7 +375,12 @@ def register_best(
             shutil.copytree(folder, staging / "adapter")
         (staging / "adapter" / "samples.jsonl").unlink(missing_ok=True)
         registration = register_adapter(
-            client, spec.registered_model_name, best.run_id, staging / "adapter", lineage
+            client,
+            spec.registered_model_name,
+            best.run_id,
+            staging / "adapter",
+            lineage,
+            force=force,
         )
     finally:
         shutil.rmtree(staging, ignore_errors=True)

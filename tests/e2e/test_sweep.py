@@ -222,3 +222,25 @@ def test_four_concurrent_trials_share_one_sqlite_tracking_store(tmp_path: Path) 
     latest_start = max(r.info.start_time for r in runs)
     earliest_end = min(r.info.end_time for r in runs)
     assert latest_start < earliest_end, "all four trials should have run at the same time"
+
+
+def test_force_moves_the_champion_to_the_new_sweep(sweep: dict) -> None:
+    assert sweep["result"].returncode == 0
+    client = MlflowClient(sweep["uri"])
+    before = client.get_model_version_by_alias("trigger-tiny", "champion")
+    result = run_cli(
+        "sweep",
+        str(SPECS / "trigger_tiny.yaml"),
+        "--force",
+        *overrides(
+            "search.num_trials=1",
+            "train.epochs=1",
+            "search.scheduler=fifo",
+            "train.learning_rate=1.0e-9",
+        ),
+        cwd=sweep["work"],
+        env={"MLFLOW_TRACKING_URI": sweep["uri"], "FTRAY_CACHE_DIR": str(sweep["cache"])},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    after = client.get_model_version_by_alias("trigger-tiny", "champion")
+    assert str(after.version) != str(before.version) and "(now champion)" in result.stdout
