@@ -61,16 +61,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """The sweep; ends with the leaderboard, the champion's URI and how to open MLflow."""
-    from ftray.space import check_search
+    from ftray.space import prepare_sweep
     from ftray.spec import load_spec
-    from ftray.tasks import load_task
 
     spec = load_spec(args.spec, args.overrides)
-    if spec.search is None:
-        raise InputError.at(
-            args.spec, None, "the spec has no search: section; add one to sweep (see README)"
-        )
-    check_search(spec, load_task(spec))
+    task = prepare_sweep(spec)  # bad input exits 2 here, before Ray or MLflow is imported
 
     from mlflow import MlflowClient
 
@@ -79,7 +74,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from ftray.tuner import NothingToResume, SweepInterrupted, run_sweep
 
     try:
-        result = run_sweep(spec, resume=args.resume, force=args.force)
+        result = run_sweep(spec, task, resume=args.resume, force=args.force)
     except NothingToResume:
         print(f"the last sweep of '{spec.name}' already finished; nothing to resume")
         print(render_leaderboard(MlflowClient(tracking_uri(spec)), spec))

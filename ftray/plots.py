@@ -13,12 +13,12 @@ def study_from_outcomes(spec: Spec, outcomes: list[Any]) -> Any:
     """An in-memory Optuna study holding the sweep's trials (completed, pruned, failed)."""
     import optuna
 
-    from ftray.tuner import optuna_distribution
+    from ftray.tuner import optuna_space
 
     assert spec.search is not None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize" if spec.search.mode == "max" else "minimize")
-    distributions = {path: optuna_distribution(d) for path, d in spec.search.space.items()}
+    distributions = optuna_space(spec)
     for outcome in outcomes:
         params = {k: v for k, v in outcome.config.items() if k in distributions}
         if set(params) != set(distributions):

@@ -78,6 +78,25 @@ def search_problems(spec: Spec, task: Task) -> list[Problem]:
     return problems
 
 
+def prepare_sweep(spec: Spec) -> Task:
+    """The task of a spec that can be swept; InputError when it has no or a bad search section."""
+    from ftray.tasks import load_task
+
+    if spec.search is None:
+        raise InputError(
+            [
+                Problem(
+                    str(spec.source.path),
+                    None,
+                    "the spec has no search: section; add one to sweep (see README)",
+                )
+            ]
+        )
+    task = load_task(spec)
+    check_search(spec, task)
+    return task
+
+
 def check_search(spec: Spec, task: Task) -> None:
     """Raise InputError when the search section has any problem."""
     problems = search_problems(spec, task)

@@ -12,10 +12,16 @@ from typing import Any
 
 from ftray.leaderboard import rank_key
 from ftray.registry import Lineage, Registration, register_adapter
-from ftray.space import check_search
 from ftray.spec import TINY_MODEL, Distribution, Spec
-from ftray.tasks import load_task
-from ftray.tracking import ROLE_TAG, MlflowSweepCallback, progress, safe_params, tracking_uri
+from ftray.tasks import Task
+from ftray.tracking import (
+    FINISHED_STATUSES,
+    ROLE_TAG,
+    MlflowSweepCallback,
+    progress,
+    safe_params,
+    tracking_uri,
+)
 from ftray.train import prepare_base
 
 RESULTS_DIR = "ray_results"
@@ -35,6 +41,12 @@ def optuna_distribution(distribution: Distribution) -> Any:
     return optuna.distributions.IntDistribution(values[0], values[1])
 
 
+def optuna_space(spec: Spec) -> dict[str, Any]:
+    """The spec's search space as Optuna distributions, keyed by dotted path."""
+    assert spec.search is not None
+    return {path: optuna_distribution(d) for path, d in spec.search.space.items()}
+
+
 def build_searcher(spec: Spec, study_name: str | None = None) -> Any:
     """OptunaSearch (TPE seeded by train.seed) over the spec's space.
 
@@ -45,12 +57,11 @@ def build_searcher(spec: Spec, study_name: str | None = None) -> Any:
     from ray.tune.search.optuna import OptunaSearch
 
     assert spec.search is not None
-    space = {path: optuna_distribution(d) for path, d in spec.search.space.items()}
     storage = (
         optuna.storages.RDBStorage(spec.storage.optuna_url) if spec.storage.optuna_url else None
     )
     return OptunaSearch(
-        space=space,
+        space=optuna_space(spec),
         metric=spec.search.objective,
         mode=spec.search.mode,
         sampler=optuna.samplers.TPESampler(seed=spec.train.seed),
@@ -179,8 +190,9 @@ def restore_tuner(spec: Spec, callback: MlflowSweepCallback, experiment_path: st
     return tuner
 
 
-def run_sweep(spec: Spec, resume: bool = False, force: bool = False) -> SweepResult:
-    """Run (or resume) the whole sweep; every MLflow run it opens is closed whatever happens."""
+def run_sweep(spec: Spec, task: Task, resume: bool = False, force: bool = False) -> SweepResult:
+    """Run (or resume) the sweep of a spec checked by `prepare_sweep`; every MLflow run it
+    opens is closed whatever happens."""
     # Trials checkpoint every epoch; Tune's advice to checkpoint less is noise here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # Save Tune's experiment state often (default: at most every 10 s), so a killed driver
@@ -191,14 +203,7 @@ def run_sweep(spec: Spec, resume: bool = False, force: bool = False) -> SweepRes
 
     from ftray.leaderboard import latest_sweep_run
 
-    if spec.search is None:
-        from ftray.errors import InputError
-
-        raise InputError.at(
-            spec.source.path, None, "the spec has no search: section; add one to sweep (see README)"
-        )
-    task = load_task(spec)
-    check_search(spec, task)
+    assert spec.search is not None
     progress(f"preparing data and base model for {spec.name}")
     base = prepare_base(spec, task)  # the tiny model is built once, here, not per trial
 
@@ -278,7 +283,7 @@ def run_sweep(spec: Spec, resume: bool = False, force: bool = False) -> SweepRes
         )
         grid = tuner.fit()
         outcomes = collect_outcomes(spec, grid, callback)
-        terminal = [o for o in outcomes if o.status in ("completed", "pruned", "failed")]
+        terminal = [o for o in outcomes if o.status in (*FINISHED_STATUSES, "failed")]
         if len(terminal) < spec.search.num_trials:
             status = "KILLED"
             raise SweepInterrupted(experiment_path)

@@ -105,3 +105,12 @@ def test_unknown_objective() -> None:
     spec = load_spec(SPECS / "trigger_tiny.yaml", ["search.objective=accuracy"])
     [problem] = search_problems(spec, load_task(spec))
     assert "trigger_score" in problem.message
+
+
+def test_sweeping_a_spec_without_search_is_bad_input(tmp_path: Path) -> None:
+    from ftray.space import prepare_sweep
+
+    (tmp_path / "s.yaml").write_text(MINIMAL.replace("../datasets", str(SPECS.parent / "datasets")))
+    with pytest.raises(InputError, match="no search: section"):
+        prepare_sweep(load_spec(tmp_path / "s.yaml"))
+    assert prepare_sweep(load_spec(SPECS / "trigger_tiny.yaml")).train_rows()
