@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test check lint clean
 
 install: $(STAMP)
 
@@ -28,6 +28,10 @@ lint: install
 
 test: install lint
 	$(BIN)/python -m pytest -q tests
+
+# The fast loop: lint and every test that trains nothing and starts no Ray.
+check: install lint
+	$(BIN)/python -m pytest -q -m "not slow" tests
 
 clean:
 	rm -rf $(VENV) runs ray_results mlflow.db mlruns mlartifacts .pytest_cache

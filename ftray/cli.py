@@ -101,10 +101,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     print(f"open MLflow: mlflow ui --backend-store-uri {result.tracking_uri}")
     failed = [o for o in result.outcomes if o.status == "failed"]
     if len(failed) == len(result.outcomes):
+        causes = sorted({o.error for o in failed if o.error})
         print(
             f"error: all {len(failed)} trials failed; see the Ray Tune results folder",
             file=sys.stderr,
         )
+        for cause in causes:
+            print(f"error: trial failure: {cause}", file=sys.stderr)
         return EXIT_RUNTIME
     return EXIT_OK
 

@@ -19,13 +19,15 @@ def generate(
     max_new_tokens: int,
     batch_size: int = 16,
 ) -> list[str]:
-    """Greedy completions for each conversation, batched with left padding."""
+    """Greedy completions for each conversation, batched with left padding.
+
+    The caller puts the model in inference mode (`Backend.generation_mode`): how to switch
+    and switch back depends on the backend.
+    """
     import torch
 
     previous_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     responses: list[str] = []
     try:
@@ -54,8 +56,6 @@ def generate(
             ]
     finally:
         tokenizer.padding_side = previous_side
-        if was_training:
-            model.train()
     return responses
 
 

@@ -107,6 +107,7 @@ class MlflowSweepCallback(Callback):
         self.parent_run_id = parent_run_id
         self.spec = spec
         self.records: dict[str, TrialRecord] = {}
+        self.storage_root: str | None = None
         self._client: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -251,6 +252,12 @@ class MlflowSweepCallback(Callback):
         record = self._record(trial)
         if record.status in FINISHED_STATUSES:
             progress(f"trial {trial.trial_id} had already finished; not run again")
+            return
+        from ftray.shared_storage import StorageGuard
+
+        if self.storage_root and StorageGuard.problem_for(self.storage_root):
+            # Stopped because a node cannot see the storage folder: not pruned by ASHA.
+            self._finish(trial, "failed", "FAILED")
             return
         epochs = int(record.last_result.get("epoch", 0))
         self._finish(

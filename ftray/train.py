@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ftray.backends import select_backend
+from ftray.backends import Backend, select_backend
 from ftray.evaluate import evaluate
 from ftray.spec import TINY_MODEL, Spec
 from ftray.tasks import Task, load_task
@@ -100,9 +100,11 @@ def sft_config(spec: Spec, output_dir: Path) -> Any:
     )
 
 
-def build_trainer(spec: Spec, task: Task, base: str, output_dir: Path) -> Any:
+def build_trainer(
+    spec: Spec, task: Task, base: str, output_dir: Path, backend: Backend | None = None
+) -> Any:
     """A TRL SFTTrainer on the backend's LoRA model, ready to `train()`."""
-    backend = select_backend(spec.model.backend)
+    backend = backend or select_backend(spec.model.backend)
     # The backend goes first: Unsloth must be imported before trl/transformers.
     model, tokenizer = backend.load(base, spec.model, spec.lora, spec.train.seed)
     quiet_libraries()
@@ -151,7 +153,8 @@ def train_trial(
         f"training {spec.name}: base={spec.model.base} backend={spec.model.backend} "
         f"{len(task.train_rows())} rows x {spec.train.epochs} epochs"
     )
-    trainer = build_trainer(spec, task, base, out / "trainer")
+    backend = select_backend(spec.model.backend)
+    trainer = build_trainer(spec, task, base, out / "trainer", backend)
 
     from transformers import TrainerCallback
 
@@ -180,9 +183,10 @@ def train_trial(
             **kwargs: Any,
         ) -> None:
             epoch = round(state.epoch or 0)
-            behaviour, samples = evaluate(
-                task, trainer.model, trainer.processing_class, spec.train.batch_size * 2
-            )
+            with backend.generation_mode(trainer.model):
+                behaviour, samples = evaluate(
+                    task, trainer.model, trainer.processing_class, spec.train.batch_size * 2
+                )
             train_loss = sum(self.losses) / len(self.losses) if self.losses else float("nan")
             self.losses = []
             epoch_metrics = {

@@ -4,6 +4,7 @@ reporting every epoch's metrics and adapter checkpoint to Tune."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +21,16 @@ def make_trainable(spec: Spec, finished: dict[str, dict[str, Any]] | None = None
     """
     from ray import tune
 
+    from ftray.backends import ALLOW_CPU_FALLBACK_ENV
+
     done_before = dict(finished or {})
+    # Read where `ftray sweep` runs, so one setting there reaches every node's trials.
+    allow_cpu_fallback = os.environ.get(ALLOW_CPU_FALLBACK_ENV) == "1"
 
     def run_trial(config: dict[str, Any]) -> None:
         import ray
 
-        from ftray.backends import resolve_backend_name
+        from ftray.backends import require_cuda_for_gpu_trial, resolve_backend_name
 
         trial_id = tune.get_context().get_trial_id()
         if trial_id in done_before:
@@ -33,6 +38,11 @@ def make_trainable(spec: Spec, finished: dict[str, dict[str, Any]] | None = None
             return
 
         trial_spec = spec.with_values(config)
+        require_cuda_for_gpu_trial(
+            trial_spec.resources_per_trial.gpu,
+            [str(g) for g in ray.get_gpu_ids()],
+            allow_cpu_fallback,
+        )
         work = Path(tune.get_context().get_trial_dir()) / "work"
         # Where the trial ran, for the run's tags: one GPU per trial is checkable afterwards.
         placement = {

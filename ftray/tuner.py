@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ftray.errors import InputError, Problem
 from ftray.leaderboard import rank_key
 from ftray.registry import Lineage, Registration, register_adapter
 from ftray.spec import TINY_MODEL, Distribution, Spec
@@ -105,6 +106,7 @@ class TrialOutcome:
     epochs: int
     config: dict[str, Any]
     checkpoint: Any
+    error: str | None = None
 
 
 @dataclass
@@ -146,8 +148,64 @@ def tune_storage_path(spec: Spec) -> str:
     return spec.storage.tune_path or str(Path(RESULTS_DIR).resolve())
 
 
+def storage_problem(spec: Spec, message: str) -> Problem:
+    """A problem with the storage folder, at `storage.tune_path`'s line when the spec sets it."""
+    if ("storage", "tune_path") in spec.source.lines or any(
+        o.startswith("storage.tune_path=") for o in spec.source.overrides
+    ):
+        return spec.source.problem(("storage", "tune_path"), message)
+    return Problem(
+        str(spec.source.path),
+        None,
+        f"{message} (storage.tune_path is not set, so Tune writes to ./ray_results on the "
+        "driver's machine; add a storage: section)",
+    )
+
+
+def guard_shared_storage(spec: Spec, storage_root: str) -> Any:
+    """Check that a local `storage_root` is the same folder on every node of the cluster.
+
+    InputError (exit 2) when a node cannot see it. Returns the Tune stopper that checks
+    nodes joining later, or None when there is nothing to guard (an object store URI, or
+    a Ray of this process's own, which has one node).
+    """
+    from ftray.shared_storage import (
+        StorageGuard,
+        alive_nodes,
+        check_visible_from_every_node,
+        is_local_path,
+    )
+
+    if not is_local_path(storage_root):
+        return None
+    nodes = alive_nodes()
+    if len(nodes) > 1:
+        try:
+            blind, asked = check_visible_from_every_node(storage_root)
+        except OSError as exc:
+            raise InputError(
+                [storage_problem(spec, f"cannot write to storage.tune_path {storage_root}: {exc}")]
+            ) from None
+        if blind:
+            raise InputError([storage_problem(spec, message) for message in blind])
+        progress(f"storage {storage_root} is visible from all {asked} nodes")
+    elif not os.environ.get("RAY_ADDRESS"):
+        return None
+    else:
+        progress(
+            f"warning: the Ray cluster has one node now and {storage_root} is a local folder: "
+            "nodes that join later (autoscaling) are checked as they join, and the sweep stops "
+            "if one of them cannot see it"
+        )
+    return StorageGuard(storage_root, set(nodes))
+
+
 def build_tuner(
-    spec: Spec, callback: MlflowSweepCallback, experiment_name: str, study_name: str
+    spec: Spec,
+    callback: MlflowSweepCallback,
+    experiment_name: str,
+    study_name: str,
+    stopper: Any = None,
 ) -> Any:
     """A fresh Tuner for the sweep."""
     from ray import tune
@@ -165,6 +223,7 @@ def build_tuner(
             name=experiment_name,
             storage_path=tune_storage_path(spec),
             callbacks=[callback],
+            stop=stopper,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=0),
             verbose=0,
@@ -202,6 +261,7 @@ def run_sweep(spec: Spec, task: Task, resume: bool = False, force: bool = False)
     from mlflow import MlflowClient
 
     from ftray.leaderboard import latest_sweep_run
+    from ftray.shared_storage import StorageGuard
 
     assert spec.search is not None
     progress(f"preparing data and base model for {spec.name}")
@@ -210,11 +270,10 @@ def run_sweep(spec: Spec, task: Task, resume: bool = False, force: bool = False)
     uri = tracking_uri(spec)
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
+    init_ray()
     if resume:
         parent = latest_sweep_run(client, spec)
         if parent is None:
-            from ftray.errors import InputError
-
             raise InputError.at(
                 spec.source.path,
                 None,
@@ -224,8 +283,11 @@ def run_sweep(spec: Spec, task: Task, resume: bool = False, force: bool = False)
             raise NothingToResume(parent.info.run_id)
         experiment_id, parent_id = parent.info.experiment_id, parent.info.run_id
         experiment_path = parent.data.tags["ftray.tune_experiment"]
+        storage_root = experiment_path.rsplit("/", 1)[0]
+        guard = guard_shared_storage(spec, storage_root)
         client.update_run(parent_id, status="RUNNING")
         callback = MlflowSweepCallback(uri, experiment_id, parent_id, spec)
+        callback.storage_root = storage_root
         orphans = callback.adopt_existing_runs()
         progress(
             f"resuming sweep {parent.info.run_name} from {experiment_path}: "
@@ -238,7 +300,9 @@ def run_sweep(spec: Spec, task: Task, resume: bool = False, force: bool = False)
         )
         stamp = time.strftime("%Y%m%d-%H%M%S")
         experiment_name = f"{spec.name}-{stamp}"
-        experiment_path = f"{tune_storage_path(spec).rstrip('/')}/{experiment_name}"
+        storage_root = tune_storage_path(spec).rstrip("/")
+        guard = guard_shared_storage(spec, storage_root)
+        experiment_path = f"{storage_root}/{experiment_name}"
         parent = client.create_run(
             experiment_id,
             run_name=f"sweep-{stamp}",
@@ -252,6 +316,7 @@ def run_sweep(spec: Spec, task: Task, resume: bool = False, force: bool = False)
         )
         parent_id = parent.info.run_id
         callback = MlflowSweepCallback(uri, experiment_id, parent_id, spec)
+        callback.storage_root = storage_root
     status = "FAILED"
     try:
         if not resume:
@@ -267,7 +332,6 @@ def run_sweep(spec: Spec, task: Task, resume: bool = False, force: bool = False)
                 }
             )
             client.log_batch(parent_id, params=[Param(k, v) for k, v in params.items()])
-        init_ray()
         if resume:
             tuner = restore_tuner(spec, callback, experiment_path)
         else:
@@ -276,12 +340,16 @@ def run_sweep(spec: Spec, task: Task, resume: bool = False, force: bool = False)
                 callback,
                 experiment_path.rsplit("/", 1)[1],
                 parent.data.tags["ftray.optuna_study"],
+                guard,
             )
         progress(
             f"sweep {spec.name}: {spec.search.num_trials} trials, {spec.search.max_concurrent_trials} at a time, "
             f"{spec.search.scheduler} on {spec.search.objective} ({spec.search.mode}); MLflow at {uri}"
         )
         grid = tuner.fit()
+        blind = StorageGuard.problem_for(storage_root)
+        if blind:
+            raise InputError([storage_problem(spec, blind)])
         outcomes = collect_outcomes(spec, grid, callback)
         terminal = [o for o in outcomes if o.status in (*FINISHED_STATUSES, "failed")]
         if len(terminal) < spec.search.num_trials:
@@ -297,6 +365,8 @@ def run_sweep(spec: Spec, task: Task, resume: bool = False, force: bool = False)
         status = "KILLED"
         raise
     finally:
+        if guard is not None:
+            guard.close()
         callback.close_open_runs("KILLED" if status != "FAILED" else "FAILED")
         client.set_terminated(parent_id, status)
 
@@ -330,10 +400,19 @@ def collect_outcomes(spec: Spec, grid: Any, callback: MlflowSweepCallback) -> li
                 epochs=int((result.metrics or {}).get("epoch", 0)),
                 config=dict(result.config or {}),
                 checkpoint=result.checkpoint,
+                error=error_summary(result.error),
             )
         )
     outcomes.sort(key=lambda o: rank_key(o.status, o.value, spec.search.mode))
     return outcomes
+
+
+def error_summary(error: BaseException | None) -> str | None:
+    """The last non-empty line of a trial's error (Ray wraps the trial's own exception)."""
+    if error is None:
+        return None
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
 
 
 def register_best(

@@ -7,9 +7,14 @@ fast path on a CUDA GPU. Both hand back a PEFT model that the same TRL trainer t
 from __future__ import annotations
 
 import importlib.util
+import os
+import re
+import subprocess
 import sys
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Any, Protocol
 
 from ftray.spec import LoraSpec, ModelSpec
@@ -22,6 +27,11 @@ class Backend(Protocol):
 
     def load(self, base: str, model: ModelSpec, lora: LoraSpec, seed: int) -> tuple[Any, Any]:
         """(peft model with only LoRA weights trainable, tokenizer with a chat template)."""
+        ...
+
+    def generation_mode(self, model: Any) -> AbstractContextManager[None]:
+        """Inside the block `model` generates (inference mode); on leaving it is in training
+        mode, gradient checkpointing as chosen at load, ready for the next training step."""
         ...
 
 
@@ -75,6 +85,62 @@ def cuda_available() -> bool:
 def unsloth_installed() -> bool:
     """Whether the unsloth package is importable (without importing it)."""
     return importlib.util.find_spec("unsloth") is not None
+
+
+ALLOW_CPU_FALLBACK_ENV = "FTRAY_ALLOW_CPU_FALLBACK"
+"""Set to 1 to let a trial that asked Ray for GPUs train on the CPU (logical GPUs in tests)."""
+NVIDIA_DRIVER_FILE = Path("/proc/driver/nvidia/version")
+
+
+def nvidia_driver_version(version_file: Path = NVIDIA_DRIVER_FILE) -> str | None:
+    """The loaded NVIDIA kernel driver's version (Linux), else what nvidia-smi reports, else None."""
+    try:
+        match = re.search(r"Kernel Module\s+(?:for \S+\s+)?([\d.]+)", version_file.read_text())
+        if match:
+            return match[1]
+    except OSError:
+        pass
+    try:
+        found = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = found.stdout.split()
+    return lines[0] if found.returncode == 0 and lines else None
+
+
+def missing_cuda_message(gpus_asked: float, gpu_ids: list[str], driver: str | None) -> str:
+    """Why a trial that was given GPUs cannot use them, and what to do about it."""
+    import torch
+
+    built_for = torch.version.cuda or "no CUDA (a CPU-only build)"
+    driver_text = f"NVIDIA driver {driver}" if driver else "no NVIDIA driver found"
+    shown_ids = ",".join(gpu_ids) or "none"
+    return (
+        f"this trial asked for {gpus_asked:g} GPU(s) (resources_per_trial.gpu) and Ray gave it "
+        f"GPU id(s) {shown_ids}, but torch sees no CUDA device: torch {torch.__version__} is "
+        f"built for {built_for}, {driver_text}, CUDA_VISIBLE_DEVICES="
+        f"{os.environ.get('CUDA_VISIBLE_DEVICES', '(unset)')}. Use an NVIDIA driver that supports "
+        "that CUDA version (CUDA 13.x needs driver >= 580) or an image whose torch matches the "
+        f"driver; to train on the CPU anyway set {ALLOW_CPU_FALLBACK_ENV}=1 where ftray sweep runs"
+    )
+
+
+def require_cuda_for_gpu_trial(
+    gpus_asked: float, gpu_ids: list[str], allow_cpu_fallback: bool
+) -> None:
+    """Raise BackendUnavailable when a trial was given GPUs but torch sees no CUDA device.
+
+    Without this, `backend: auto` would quietly train on the CPU for hours (a driver too old
+    for the image's CUDA build is the usual cause).
+    """
+    if gpus_asked <= 0 or allow_cpu_fallback or cuda_available():
+        return
+    raise BackendUnavailable(missing_cuda_message(gpus_asked, gpu_ids, nvidia_driver_version()))
 
 
 def resolve_backend_name(requested: str) -> str:

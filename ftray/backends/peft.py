@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from ftray.spec import LoraSpec, ModelSpec
@@ -75,3 +77,12 @@ class PeftBackend:
         torch.manual_seed(seed)
         peft_model = get_peft_model(base_model, lora_config(lora))
         return peft_model, load_tokenizer(base)
+
+    @contextmanager
+    def generation_mode(self, model: Any) -> Iterator[None]:
+        """`model.eval()` for generation, `model.train()` after it."""
+        model.eval()
+        try:
+            yield
+        finally:
+            model.train()

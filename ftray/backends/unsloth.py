@@ -1,12 +1,14 @@
 """Unsloth's FastLanguageModel: the fast 4-bit LoRA path on a CUDA GPU.
 
-Unsloth patches transformers, trl and peft when imported and raises without a GPU, so it
-is imported here, lazily, inside `UnslothBackend.load`, before anything in that call
-imports trl/transformers/peft. Its argument mapping, import order and compile-cache
-location are checked against a fake `unsloth` module (tests/unit/test_unsloth_backend.py);
-this path has not yet been run on a GPU by this project's tests.
+Unsloth patches transformers, trl and peft when imported, so it is imported here, lazily,
+inside `UnslothBackend.load`, before anything in that call imports trl/transformers/peft.
+Without a GPU, Unsloth 2026.10 does not raise at import: it falls back to the CPU unless
+`UNSLOTH_DISABLE_CPU_FALLBACK=1`; ftray never selects this backend without CUDA. Its
+argument mapping, import order, mode switching and compile-cache location are checked
+against a fake `unsloth` module (tests/unit/test_unsloth_backend.py); this path has not yet
+been run on a GPU by this project's tests.
 
-Two things a sweep needs that a single run does not:
+Three things a sweep needs that a single run does not:
 
 - Unsloth writes generated modules to `$UNSLOTH_COMPILE_LOCATION`, by default the relative
   folder `unsloth_compiled_cache`, i.e. inside every Ray trial's working directory. We point
@@ -14,13 +16,19 @@ Two things a sweep needs that a single run does not:
   else `/tmp/ftray-unsloth-cache/<uid>`.
 - A trial that starts on a GPU the previous trial has not yet released runs out of memory,
   so `load` first waits (bounded) for the device's memory to be free.
+- Evaluation generates after every epoch. Unsloth's fast `generate` turns gradient
+  checkpointing off and turns it back on only when the model was in training mode when
+  `generate` was called; a plain `model.eval()` before it would leave checkpointing off for
+  every later epoch. `generation_mode` switches with Unsloth's own
+  `FastLanguageModel.for_inference` / `for_training` instead.
 """
 
 from __future__ import annotations
 
 import gc
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -112,3 +120,17 @@ class UnslothBackend:
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         return peft_model, tokenizer
+
+    @contextmanager
+    def generation_mode(self, model: Any) -> Iterator[None]:
+        """`FastLanguageModel.for_inference` for generation, `for_training` after it, which
+        restores the gradient-checkpointing mode chosen in `get_peft_model`. Unconditionally:
+        the Trainer has already switched the model to eval mode for its eval loss when the
+        epoch's evaluation generates."""
+        from unsloth import FastLanguageModel
+
+        FastLanguageModel.for_inference(model)
+        try:
+            yield
+        finally:
+            FastLanguageModel.for_training(model)

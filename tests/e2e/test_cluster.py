@@ -4,11 +4,10 @@ Postgres with the Optuna study in Postgres, and one logical GPU per trial."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
+import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,82 +17,21 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import ROOT, SPECS, run_cli
+from tests.e2e.ray_helpers import (
+    SWEEP_ARGS,
+    VENV_BIN,
+    all_runs,
+    assert_sweep_finished_once,
+    free_port,
+    kill_local_ray_of,
+    node_port_flags,
+    short_ray_temp,
+    sweep_env,
+    trial_runs,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
-
-VENV_BIN = str(Path(sys.executable).parent)
-SWEEP_ARGS = ["--set", "train.epochs=2", "--set", "search.scheduler=fifo"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def sweep_env(work: Path, **extra: str) -> dict[str, str]:
-    return {"MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}", **extra}
-
-
-def trial_runs(uri: str, name: str = "trigger-tiny") -> list:
-    client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name(name)
-    if experiment is None:
-        return []
-    return client.search_runs(
-        [experiment.experiment_id], filter_string="tags.`ftray.role` = 'trial'"
-    )
-
-
-def all_runs(uri: str, name: str = "trigger-tiny") -> list:
-    client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name(name)
-    return client.search_runs([experiment.experiment_id]) if experiment else []
-
-
-def wait_for(predicate, timeout: float, what: str, poll: float = 1.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
-def assert_sweep_finished_once(uri: str, num_trials: int) -> list:
-    """num_trials trials finished, each once; nothing RUNNING. Runs a dead driver had just
-    opened for trials Tune never recorded stay behind as KILLED orphans."""
-    runs = trial_runs(uri)
-    finished = [r for r in runs if r.data.tags["ftray.trial_status"] in ("completed", "pruned")]
-    trial_ids = [r.data.tags["ftray.trial_id"] for r in runs]
-    assert len(trial_ids) == len(set(trial_ids)), trial_ids
-    assert len(finished) == num_trials, [
-        (r.data.tags["ftray.trial_id"], r.data.tags["ftray.trial_status"]) for r in runs
-    ]
-    assert all(r.info.status == "FINISHED" for r in finished)
-    orphans = [r for r in runs if r not in finished]
-    assert all(
-        r.info.status == "KILLED" and r.data.tags["ftray.trial_status"] == "killed" for r in orphans
-    )
-    assert all(r.info.status != "RUNNING" for r in all_runs(uri)), [
-        (r.info.run_name, r.info.status) for r in all_runs(uri)
-    ]
-    return finished
-
-
-def kill_local_ray_of(driver: subprocess.Popen) -> None:
-    """Stop the local Ray a killed driver started (its session name ends with the driver's pid)."""
-    if driver.poll() is None:
-        driver.kill()
-    pattern = f"session_[0-9_-]+_{driver.pid}( |/|$)"
-    subprocess.run(["pkill", "-9", "-f", pattern], check=False)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(driver.pid, signal.SIGKILL)
-    wait_for(
-        lambda: subprocess.run(["pgrep", "-f", pattern], capture_output=True).returncode != 0,
-        60,
-        "the killed driver's Ray to stop",
-    )
 
 
 def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
@@ -158,9 +96,9 @@ def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def ray_head(tmp_path_factory: pytest.TempPathFactory):
+def ray_head():
     """`ray start --head` on 127.0.0.1 with token authentication; stopped afterwards."""
-    temp = tmp_path_factory.mktemp("ray-head")
+    temp = short_ray_temp()
     token = secrets.token_hex(16)
     dashboard = free_port()
     env = {
@@ -182,11 +120,7 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory):
             "--include-dashboard=true",
             "--disable-usage-stats",
             f"--temp-dir={temp}",
-            # Ports of our own: Ray's defaults (52365 for the job agent...) may be taken.
-            f"--dashboard-agent-listen-port={free_port()}",
-            f"--dashboard-agent-grpc-port={free_port()}",
-            f"--metrics-export-port={free_port()}",
-            f"--runtime-env-agent-port={free_port()}",
+            *node_port_flags(),
         ],
         env=env,
         capture_output=True,
@@ -213,6 +147,7 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory):
         subprocess.run(
             [f"{VENV_BIN}/ray", "stop", "--force"], env=env, capture_output=True, timeout=120
         )
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def job(ray_head: dict, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -450,7 +385,12 @@ def test_one_logical_gpu_per_trial_on_a_multi_node_cluster(tmp_path: Path) -> No
             "--set",
             "resources_per_trial.cpu=1",
             cwd=tmp_path,
-            env={"MLFLOW_TRACKING_URI": uri, "RAY_ADDRESS": cluster.address},
+            env={
+                "MLFLOW_TRACKING_URI": uri,
+                "RAY_ADDRESS": cluster.address,
+                # The GPUs are logical: there is no CUDA behind them.
+                "FTRAY_ALLOW_CPU_FALLBACK": "1",
+            },
         )
         assert result.returncode == 0, result.stderr[-4000:]
     finally:
@@ -476,3 +416,37 @@ def test_one_logical_gpu_per_trial_on_a_multi_node_cluster(tmp_path: Path) -> No
         peak = max(peak, running)
     assert peak == 3, f"concurrency should equal the 3 GPUs, was {peak}"
     assert len({gpu for _, _, gpu in spans}) == 3
+
+
+def test_a_trial_given_a_gpu_without_cuda_fails_at_once(tmp_path: Path) -> None:
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 1})
+    try:
+        cluster.wait_for_nodes()
+        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+        started = time.monotonic()
+        result = run_cli(
+            "sweep",
+            str(SPECS / "trigger_tiny.yaml"),
+            "--set",
+            "search.num_trials=1",
+            "--set",
+            "train.epochs=3",
+            "--set",
+            "resources_per_trial.gpu=1",
+            cwd=tmp_path,
+            env={"MLFLOW_TRACKING_URI": uri, "RAY_ADDRESS": cluster.address},
+        )
+        elapsed = time.monotonic() - started
+    finally:
+        cluster.shutdown()
+    assert result.returncode == 1, result.stderr[-4000:]
+    assert "error: all 1 trials failed" in result.stderr
+    cause = next(line for line in result.stderr.splitlines() if "trial failure:" in line)
+    assert "asked for 1 GPU" in cause and "torch sees no CUDA device" in cause, cause
+    assert "NVIDIA driver" in cause and "FTRAY_ALLOW_CPU_FALLBACK" in cause
+    (run,) = trial_runs(uri)
+    assert run.data.tags["ftray.trial_status"] == "failed"
+    assert "epoch" not in run.data.metrics, "the trial must fail before training"
+    assert elapsed < 120, f"took {elapsed:.0f}s"

@@ -221,3 +221,83 @@ def test_submit_runs_ray_job_submit(tmp_path: Path) -> None:
     assert {k: v for k, v in sent.items() if k != "env_vars"} == {
         k: v for k, v in base.items() if k != "env_vars"
     }
+
+
+SHARED_MOUNT = "/mnt/ftray"
+CLUSTER_SPECS = [
+    p for p in sorted(SPECS.glob("*.yaml")) if load_spec(p).resources_per_trial.gpu > 0
+]
+
+
+def test_cluster_specs_exist() -> None:
+    assert set(GPU_SPECS) <= set(CLUSTER_SPECS) and CLUSTER_SPECS
+
+
+@pytest.mark.parametrize("path", CLUSTER_SPECS, ids=lambda p: p.name)
+def test_every_cluster_spec_sets_storage_every_node_shares(path: Path) -> None:
+    """Without it Tune writes to ./ray_results on the head and every trial on a worker
+    fails when it saves its first checkpoint."""
+    tune_path = load_spec(path).storage.tune_path
+    assert tune_path, f"{path.name} has no storage.tune_path"
+    shared = tune_path.startswith(("s3://", "gs://")) or Path(tune_path).is_relative_to(
+        SHARED_MOUNT
+    )
+    assert shared, f"{path.name}: {tune_path} is neither an object store nor under {SHARED_MOUNT}"
+
+
+def test_rayjob_mounts_the_shared_volume_on_every_pod() -> None:
+    cluster = _rayjob()["spec"]["rayClusterSpec"]
+    (claim,) = _yaml("shared-volume.yaml")
+    assert claim["kind"] == "PersistentVolumeClaim"
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
+        pod = group["template"]["spec"]
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        for container in pod["containers"]:
+            (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == SHARED_MOUNT]
+            volume = volumes[mount["name"]]
+            assert volume["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+
+
+def test_launcher_mounts_the_shared_folder_on_every_node_and_in_the_container() -> None:
+    (config,) = _yaml("ray-cluster.yaml")
+    assert f"-v {SHARED_MOUNT}:{SHARED_MOUNT}" in config["docker"]["run_options"]
+    mounts = [c for c in config["initialization_commands"] if "mount -t nfs4" in c]
+    assert mounts and all(
+        c.rstrip().split("&&")[-2].strip().endswith(f"{SHARED_MOUNT})") for c in mounts
+    )
+
+
+def test_launcher_pins_an_ami_with_a_recent_nvidia_driver() -> None:
+    (config,) = _yaml("ray-cluster.yaml")
+    for name, node in config["available_node_types"].items():
+        image = node["node_config"].get("ImageId", "")
+        assert "base-oss-nvidia-driver-gpu" in image, f"{name} would get Ray's CUDA 11 default AMI"
+    assert ">= 580" in (CLUSTER / "ray-cluster.yaml").read_text()
+
+
+def test_dockerfile_states_the_minimum_driver_and_matches_the_cuda_build() -> None:
+    text = (CLUSTER / "Dockerfile").read_text()
+    assert "580 or newer" in text
+    (base,) = [line.split()[1] for line in text.splitlines() if line.startswith("FROM ")]
+    assert base.startswith("nvidia/cuda:13."), base
+
+
+def test_kuberay_resume_one_liner_recreates_the_job_with_resume() -> None:
+    """KubeRay does not run a finished RayJob again when its entrypoint is edited; the
+    documented command deletes it and creates it again with --resume."""
+    text = (CLUSTER / "rayjob.yaml").read_text()
+    (command,) = [line for line in text.splitlines() if "sed '" in line and "--resume" in line]
+    expression = command.split("sed '", 1)[1].split("'", 1)[0]
+    result = subprocess.run(
+        ["sed", expression, str(CLUSTER / "rayjob.yaml")], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    (resumed,) = yaml.safe_load_all(result.stdout)
+    original = _rayjob()
+    assert resumed["spec"]["entrypoint"] == original["spec"]["entrypoint"] + " --resume"
+    resumed["spec"]["entrypoint"] = original["spec"]["entrypoint"]
+    assert resumed == original
+    assert "kubectl delete rayjob" in text
+    shown = command[command.index("sed '") :].strip()
+    assert shown in (CLUSTER / "README.md").read_text(), "README shows the same command"

@@ -62,15 +62,27 @@ class FakePeftModel:
         pass
 
 
+def _checkpointing_flags(model: Any) -> list[bool]:
+    return [
+        m.gradient_checkpointing for m in model.modules() if hasattr(m, "gradient_checkpointing")
+    ]
+
+
 def make_fake_unsloth(
     load_base: Any = None, wrap: Any = None
 ) -> tuple[types.ModuleType, dict[str, Any]]:
     """A module named `unsloth` and the record of what its FastLanguageModel received.
 
     The fake methods take exactly the keywords ftray passes, named as in the real
-    signatures, so a renamed/misspelled keyword fails with a TypeError.
+    signatures, so a renamed/misspelled keyword fails with a TypeError. With `wrap` (a real
+    peft model), the fake also does what Unsloth 2026.10 does around generation
+    (unsloth/models/llama.py): `get_peft_model` turns gradient checkpointing on and replaces
+    `generate` with a fast generate that calls `for_inference` (checkpointing off, eval mode)
+    and calls `for_training` afterwards only if the model was training when `generate` was
+    called; `for_training` turns checkpointing back on in the mode chosen at
+    `get_peft_model`.
     """
-    calls: dict[str, Any] = {}
+    calls: dict[str, Any] = {"modes": []}
 
     class FastLanguageModel:
         @staticmethod
@@ -117,9 +129,45 @@ def make_fake_unsloth(
                 "random_state": random_state,
             }
             calls["get_peft_model"] = {"model": model, **kwargs}
-            result = wrap(model) if wrap is not None else FakePeftModel(model, **kwargs)
+            if wrap is None:
+                result = FakePeftModel(model, **kwargs)
+            else:
+                result = wrap(model)
+                result.gradient_checkpointing_enable(
+                    gradient_checkpointing_kwargs={"use_reentrant": False}
+                )
+                result._unsloth_gradient_checkpointing = use_gradient_checkpointing
+                result.generate = types.MethodType(fast_generate, result)
             calls["peft_model"] = result
             return result
+
+        @staticmethod
+        def for_inference(model: Any) -> Any:
+            calls["modes"].append("inference")
+            for module in model.modules():
+                if hasattr(module, "gradient_checkpointing"):
+                    module.gradient_checkpointing = False
+            model.eval()
+            return model
+
+        @staticmethod
+        def for_training(model: Any, use_gradient_checkpointing: Any = None) -> Any:
+            calls["modes"].append("training")
+            if use_gradient_checkpointing is None:
+                use_gradient_checkpointing = getattr(model, "_unsloth_gradient_checkpointing", True)
+            for module in model.modules():
+                if hasattr(module, "gradient_checkpointing"):
+                    module.gradient_checkpointing = bool(use_gradient_checkpointing)
+            model.train()
+            return model
+
+    def fast_generate(self: Any, *args: Any, **kwargs: Any) -> Any:
+        restore_training_mode = self.training
+        FastLanguageModel.for_inference(self)
+        output = type(self).generate(self, *args, **kwargs)
+        if restore_training_mode:
+            FastLanguageModel.for_training(self)
+        return output
 
     module = types.ModuleType("unsloth")
     module.FastLanguageModel = FastLanguageModel  # type: ignore[attr-defined]
@@ -404,3 +452,68 @@ def test_build_trainer_hands_the_unsloth_model_to_sft_trainer(
     assert trainer.model is peft_model
     lora_names = {name for name, p in trainer.model.named_parameters() if p.requires_grad}
     assert lora_names and all("lora_" in name for name in lora_names)
+
+
+def _unsloth_trial_setup(monkeypatch: pytest.MonkeyPatch, *overrides: str) -> tuple[Any, dict]:
+    """The tiny spec on the `unsloth` backend with a fake unsloth over a real tiny base and
+    a real peft LoRA, so `train_trial` runs end to end on the CPU."""
+    import peft
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ftray.backends.peft import lora_config
+
+    spec = spec_with_overrides("model.backend=unsloth", "model.max_seq_length=128", *overrides)
+
+    def load_base(model_name: str) -> tuple[Any, Any]:
+        base_model = AutoModelForCausalLM.from_pretrained(model_name, dtype=torch.float32)
+        base_model.config.use_cache = False
+        return base_model, AutoTokenizer.from_pretrained(model_name)
+
+    def wrap(base_model: Any) -> Any:
+        return peft.get_peft_model(base_model, lora_config(spec.lora))
+
+    module, calls = make_fake_unsloth(load_base=load_base, wrap=wrap)
+    monkeypatch.setitem(sys.modules, "unsloth", module)
+    monkeypatch.setattr(ftray.backends, "cuda_available", lambda: True)
+    monkeypatch.setattr(ftray.backends, "unsloth_installed", lambda: True)
+    return spec, calls
+
+
+@pytest.mark.slow
+def test_gradient_checkpointing_is_on_for_every_training_step_of_every_epoch(
+    monkeypatch: pytest.MonkeyPatch, gpu_free: None, cache_env: Path, tmp_path: Path
+) -> None:
+    """Evaluation after each epoch generates; Unsloth's generate switches checkpointing off
+    and only back on when the model was training. A training step with checkpointing off
+    would need the memory of a full activation graph (OOM on a 7B model)."""
+    import torch
+
+    from ftray.train import train_trial
+
+    spec, calls = _unsloth_trial_setup(monkeypatch, "train.epochs=3")
+    seen: list[bool] = []
+    real_get_peft_model = sys.modules["unsloth"].FastLanguageModel.get_peft_model
+
+    def get_peft_model_with_probe(model: Any, **kwargs: Any) -> Any:
+        peft_model = real_get_peft_model(model, **kwargs)
+
+        def probe(module: Any, args: Any, kwargs: Any) -> None:
+            if module.training and torch.is_grad_enabled():
+                seen.append(all(_checkpointing_flags(module)))
+
+        peft_model.register_forward_pre_hook(probe, with_kwargs=True)
+        return peft_model
+
+    monkeypatch.setattr(
+        sys.modules["unsloth"].FastLanguageModel,
+        "get_peft_model",
+        staticmethod(get_peft_model_with_probe),
+    )
+    report = train_trial(spec, tmp_path)
+
+    steps_per_epoch = -(-2 * 32 // spec.train.batch_size)
+    assert len(seen) >= 3 * steps_per_epoch - 1, len(seen)
+    assert all(seen), f"training steps with checkpointing off: {seen.count(False)} of {len(seen)}"
+    assert calls["modes"].count("inference") >= 3 and calls["modes"][-1] == "training"
+    assert 0.0 <= report.metrics["trigger_score"] <= 1.0
