@@ -1,8 +1,9 @@
 """Contract test of the `unsloth` backend against a FAKE `unsloth` module.
 
-The real unsloth raises at import without a GPU, so these tests install a stand-in
-`unsloth` into sys.modules whose FastLanguageModel records what it is called with. The
-parameter names the fake accepts are those of unsloth 2026.10.9
+The real unsloth is not installed here (it is GPU-only; without a GPU, Unsloth 2026.10
+falls back to the CPU unless UNSLOTH_DISABLE_CPU_FALLBACK=1), so these tests install a
+stand-in `unsloth` into sys.modules whose FastLanguageModel records what it is called with.
+The parameter names the fake accepts are those of unsloth 2026.10.7
 (unsloth/models/loader.py FastLanguageModel.from_pretrained, unsloth/models/llama.py
 FastLlamaModel.get_peft_model): a keyword the real signature lacks fails here as a
 TypeError. Nothing here shows the path works on a GPU.
