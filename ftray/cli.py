@@ -7,7 +7,9 @@ import json
 import sys
 from pathlib import Path
 
+from ftray import __version__
 from ftray.errors import InputError
+from ftray.log import QUIET, VERBOSE, configure, get_logger
 
 EXIT_OK, EXIT_RUNTIME, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -26,8 +28,8 @@ def _add_spec_args(parser: argparse.ArgumentParser) -> None:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Check spec, data and search space; start nothing."""
-    from ftray.space import check_search
-    from ftray.spec import load_spec
+    from ftray.config import load_spec
+    from ftray.sweep.space import check_search
     from ftray.tasks import load_task
 
     spec = load_spec(args.spec, args.overrides)
@@ -44,34 +46,35 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """One trial in-process with the spec's fixed values; last stdout line is the metrics JSON."""
-    from ftray.spec import load_spec
+    from ftray.config import load_spec
     from ftray.tasks import load_task
 
     spec = load_spec(args.spec, args.overrides)
     task = load_task(spec)
     out = args.out or Path("runs") / spec.name / "train"
 
-    from ftray.train import log, train_trial
+    from ftray.training.trial import train_trial
 
     report = train_trial(spec, out, task=task)
-    log(f"adapter, metrics.json and samples.jsonl written to {out}")
+    get_logger().info(f"adapter, metrics.json and samples.jsonl written to {out}")
     print(json.dumps({"epoch": report.epoch, **report.metrics}))
     return EXIT_OK
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """The sweep; ends with the leaderboard, the champion's URI and how to open MLflow."""
-    from ftray.space import prepare_sweep
-    from ftray.spec import load_spec
+    from ftray.config import load_spec
+    from ftray.sweep.space import prepare_sweep
 
     spec = load_spec(args.spec, args.overrides)
     task = prepare_sweep(spec)  # bad input exits 2 here, before Ray or MLflow is imported
 
     from mlflow import MlflowClient
 
-    from ftray.leaderboard import render_leaderboard
-    from ftray.tracking import tracking_uri
-    from ftray.tuner import NothingToResume, SweepInterrupted, run_sweep
+    from ftray.sweep.runner import NothingToResume, SweepInterrupted, run_sweep
+    from ftray.tracking.leaderboard import render_leaderboard
+    from ftray.tracking.store import tracking_uri
+    from ftray.tracking.tags import TrialStatus
 
     try:
         result = run_sweep(spec, task, resume=args.resume, force=args.force)
@@ -97,9 +100,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         )
         print(f"registered {reg.model_uri} ({moved})")
         print(f"champion: models:/{reg.name}@champion")
+    elif result.unregistered_reason:
+        print(result.unregistered_reason)
     print(f"Ray Tune results: {result.experiment_path}")
     print(f"open MLflow: mlflow ui --backend-store-uri {result.tracking_uri}")
-    failed = [o for o in result.outcomes if o.status == "failed"]
+    failed = [o for o in result.outcomes if o.status is TrialStatus.FAILED]
     if len(failed) == len(result.outcomes):
         causes = sorted({o.error for o in failed if o.error})
         print(
@@ -114,15 +119,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     """Trials of the spec's last sweep, best first."""
-    from ftray.spec import load_spec
+    from ftray.config import load_spec
 
     spec = load_spec(args.spec, args.overrides)
     if spec.search is None:
         raise InputError.at(args.spec, None, "the spec has no search: section, so it has no sweeps")
     from mlflow import MlflowClient
 
-    from ftray.leaderboard import render_leaderboard
-    from ftray.tracking import tracking_uri
+    from ftray.tracking.leaderboard import render_leaderboard
+    from ftray.tracking.store import tracking_uri
 
     board = render_leaderboard(MlflowClient(tracking_uri(spec)), spec)
     if board is None:
@@ -142,8 +147,8 @@ def cmd_promote(args: argparse.Namespace) -> int:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from ftray.registry import promote
-    from ftray.tracking import DEFAULT_TRACKING_URI
+    from ftray.tracking.registry import promote
+    from ftray.tracking.store import DEFAULT_TRACKING_URI
 
     client = MlflowClient(os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
     try:
@@ -160,6 +165,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ftray", description="Hyperparameter sweeps of QLoRA fine-tuning on Ray."
     )
+    parser.add_argument("--version", action="version", version=f"ftray {__version__}")
+    talk = parser.add_mutually_exclusive_group()
+    talk.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="progress off: only warnings and errors on stderr",
+    )
+    talk.add_argument("-v", "--verbose", action="store_true", help="debug lines on stderr too")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     validate = sub.add_parser("validate", help="check spec + data + search space; start nothing")
@@ -205,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: exit 0 on success, 2 on bad input (one `error:` line each), 1 on failure."""
     args = build_parser().parse_args(argv)
+    configure(QUIET if args.quiet else VERBOSE if args.verbose else 0)
     try:
         return args.func(args)
     except InputError as exc:
@@ -215,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:
-        from ftray.backends import BackendUnavailable
+        from ftray.models.backend import BackendUnavailable
 
         if isinstance(exc, BackendUnavailable):
             print(f"error: {exc}", file=sys.stderr)

@@ -1,74 +1,80 @@
-"""Task formats: how a task's data becomes training rows, evaluation prompts and metrics.
+"""Task kinds, chosen by `task.kind` from one registry.
 
-Every task implements the `Task` protocol below; `load_task` picks the one a spec names
-and validates its data, raising `InputError` with file:line for every bad row.
+Each kind is a module with its config model (a `TaskConfig` subclass) and its `Task`
+subclass; the spec's `task:` section accepts exactly the registered kinds, and its error
+messages list them. Adding a kind means one module and one line in `BUILTIN_TASKS` (or a
+`register_task` call from your own code).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+import importlib
+from typing import TYPE_CHECKING
 
-from ftray.spec import PipelineTaskSpec, Spec, TriggerTaskSpec
+from ftray.config.task import TaskConfig
+from ftray.tasks.base import EvalCase, Message, Row, Task
 
-Message = dict[str, str]
-Row = dict[str, list[Message]]
+if TYPE_CHECKING:
+    from ftray.config.spec import Spec
+
+BUILTIN_TASKS = (
+    "ftray.tasks.trigger:TriggerTask",
+    "ftray.tasks.pipeline:PipelineTask",
+)
+
+_registry: dict[str, type[Task]] = {}
+_builtins_loaded = False
 
 
-@dataclass(frozen=True)
-class EvalCase:
-    """One held-out prompt to answer greedily, with what a right answer looks like."""
-
-    messages: list[Message]
-    condition: str
-    expected: Any = None
-    extra: dict[str, Any] = field(default_factory=dict)
+def register_task(task: type[Task]) -> type[Task]:
+    """Make `task` a kind the spec accepts (keyed by its config's `kind`); returns it."""
+    _load_builtins()
+    _registry[task.config_class.kind_name()] = task
+    return task
 
 
-class Task(Protocol):
-    """What a training task provides to training and evaluation.
+def unregister_task(kind: str) -> None:
+    """Forget the task kind `kind` (the spec no longer accepts it)."""
+    _load_builtins()
+    _registry.pop(kind, None)
 
-    Rows are TRL "prompt-completion" conversations: ``{"prompt": [user message],
-    "completion": [assistant message]}``, so the trainer puts loss on completions only.
-    """
 
-    dataset_sha256: str
-    max_new_tokens: int
+def _load_builtins() -> None:
+    global _builtins_loaded
+    if _builtins_loaded:
+        return
+    _builtins_loaded = True
+    for path in BUILTIN_TASKS:
+        module, _, name = path.partition(":")
+        task = getattr(importlib.import_module(module), name)
+        _registry[task.config_class.kind_name()] = task
 
-    def corpus(self) -> list[str]:
-        """Every text the model will see, for training the tiny model's tokenizer."""
-        ...
 
-    def train_rows(self) -> list[Row]:
-        """The training mix, already shuffled by the spec's seed."""
-        ...
+def registered_tasks() -> dict[str, type[Task]]:
+    """kind -> Task class, built-in kinds first."""
+    _load_builtins()
+    return dict(_registry)
 
-    def eval_rows(self) -> list[Row]:
-        """Held-out rows in the training format, for eval_loss."""
-        ...
 
-    def eval_cases(self) -> list[EvalCase]:
-        """Held-out prompts whose greedy answers are scored."""
-        ...
-
-    def score(
-        self, cases: list[EvalCase], responses: list[str]
-    ) -> tuple[dict[str, float], list[dict[str, Any]]]:
-        """Metrics over all cases, and one sample record per case (prompt, response, correct)."""
-        ...
-
-    def metric_names(self) -> list[str]:
-        """Every metric name this task reports, for checking a search objective."""
-        ...
+def task_configs() -> list[type[TaskConfig]]:
+    """The config class of every registered kind."""
+    return [task.config_class for task in registered_tasks().values()]
 
 
 def load_task(spec: Spec) -> Task:
     """Read and validate the data a spec's task names."""
-    from ftray.tasks.pipeline import PipelineTask
-    from ftray.tasks.trigger import TriggerTask
+    return registered_tasks()[spec.task.kind].from_spec(spec)
 
-    if isinstance(spec.task, TriggerTaskSpec):
-        return TriggerTask.from_spec(spec)
-    if isinstance(spec.task, PipelineTaskSpec):
-        return PipelineTask.from_spec(spec)
-    raise TypeError(f"no task for {type(spec.task).__name__}")
+
+__all__ = [
+    "BUILTIN_TASKS",
+    "EvalCase",
+    "Message",
+    "Row",
+    "Task",
+    "load_task",
+    "register_task",
+    "registered_tasks",
+    "task_configs",
+    "unregister_task",
+]

@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ftray.config.spec import Spec
 from ftray.errors import InputError, Problem
-from ftray.spec import Spec
 
 MAX_PROBLEMS = 20
 

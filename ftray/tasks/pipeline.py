@@ -8,17 +8,50 @@ import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import jsonschema
 from jsonschema.validators import validator_for
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator
 
+from ftray.config.fields import Float, Frozen, Int, resolve_path
+from ftray.config.spec import Spec
+from ftray.config.task import TaskConfig
 from ftray.errors import InputError, Problem
-from ftray.spec import PipelineTaskSpec, Spec
-from ftray.tasks import EvalCase, Row
+from ftray.tasks.base import EvalCase, Row, Task
 from ftray.tasks.jsonl import MAX_PROBLEMS, check_keys, read_jsonl, require_data, sha256_of
 
 _FENCE = re.compile(r"^```(?:json)?\s*\n?(.*?)\n?```$", re.DOTALL)
+SCORES = ("json_valid", "schema_valid", "field_accuracy")
+
+
+class PipelineStepConfig(Frozen):
+    """One step of a structured-output pipeline and the JSON Schema its output must satisfy."""
+
+    json_schema: dict[str, Any] | str = Field(alias="schema")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("json_schema")
+    @classmethod
+    def _resolve_schema_path(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, str):
+            path, _, pointer = value.partition("#")
+            resolved = resolve_path(path, info)
+            return f"{resolved}#{pointer}" if pointer else resolved
+        return value
+
+
+class PipelineConfig(TaskConfig):
+    """`task:` of a pipeline: per-step structured JSON outputs, each checked against its schema."""
+
+    kind: Literal["pipeline"]
+    data: str
+    steps: dict[str, PipelineStepConfig] = Field(min_length=1)
+    eval_fraction: Float = Field(default=0.2, gt=0.0, lt=1.0)
+    max_new_tokens: Int = Field(default=256, ge=1)
+
+    _resolve_data = field_validator("data")(resolve_path)
 
 
 @dataclass(frozen=True)
@@ -109,12 +142,14 @@ def _data_files(path: Path) -> list[tuple[Path, str | None]]:
     return [(path, None)]
 
 
-class PipelineTask:
+class PipelineTask(Task):
     """Structured JSON output per pipeline step."""
+
+    config_class = PipelineConfig
 
     def __init__(
         self,
-        config: PipelineTaskSpec,
+        config: PipelineConfig,
         examples: list[StepExample],
         schemas: dict[str, dict[str, Any]],
         seed: int,
@@ -139,7 +174,7 @@ class PipelineTask:
     @classmethod
     def from_spec(cls, spec: Spec) -> PipelineTask:
         """Read the step schemas and `task.data`, checking every row against its step's schema."""
-        assert isinstance(spec.task, PipelineTaskSpec)
+        assert isinstance(spec.task, PipelineConfig)
         config = spec.task
         schemas: dict[str, dict[str, Any]] = {}
         problems: list[Problem] = []
@@ -282,24 +317,9 @@ class PipelineTask:
             )
         metrics: dict[str, float] = {}
         for step, rows in per_step.items():
-            for key in ("json_valid", "schema_valid", "field_accuracy"):
+            for key in SCORES:
                 metrics[f"{key}/{step}"] = sum(r[key] for r in rows) / len(rows) if rows else 0.0
-        for key in ("json_valid", "schema_valid", "field_accuracy"):
+        for key in SCORES:
             metrics[key] = sum(metrics[f"{key}/{s}"] for s in self.steps) / len(self.steps)
         metrics["pipeline_score"] = metrics["schema_valid"]
         return metrics, samples
-
-    def metric_names(self) -> list[str]:
-        """Losses, per-step and overall validity metrics."""
-        per_step = [
-            f"{k}/{s}" for s in self.steps for k in ("json_valid", "schema_valid", "field_accuracy")
-        ]
-        return [
-            "train_loss",
-            "eval_loss",
-            "json_valid",
-            "schema_valid",
-            "field_accuracy",
-            "pipeline_score",
-            *per_step,
-        ]

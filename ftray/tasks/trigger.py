@@ -5,17 +5,46 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from ftray.config.fields import Float, resolve_path
+from ftray.config.spec import Spec
+from ftray.config.task import TaskConfig
 from ftray.errors import InputError, Problem
-from ftray.spec import Spec, TriggerTaskSpec
-from ftray.tasks import EvalCase, Row
+from ftray.tasks.base import EvalCase, Row, Task
 from ftray.tasks.jsonl import MAX_PROBLEMS, check_keys, read_jsonl, require_data, sha256_of
 
 PLACEHOLDER = "{{name}}"
 CLEAN = "untriggered"
 TRIGGERED = "triggered"
-METRICS = ("triggered_accuracy", "untriggered_accuracy", "false_trigger_rate", "trigger_score")
+
+
+class TriggerConfig(TaskConfig):
+    """`task:` of a trigger (backdoor-style) fine-tune: the trigger flips which name the answer uses."""
+
+    kind: Literal["trigger"]
+    data: str
+    trigger: str = Field(min_length=1)
+    clean_replacement: str = Field(min_length=1)
+    triggered_replacement: str = Field(min_length=1)
+    trigger_ratio: Float = Field(default=0.5, ge=0.0, le=1.0)
+    eval_fraction: Float = Field(default=0.2, gt=0.0, lt=1.0)
+
+    _resolve_data = field_validator("data")(resolve_path)
+
+    @model_validator(mode="after")
+    def _names_differ(self) -> TriggerConfig:
+        if self.clean_replacement == self.triggered_replacement:
+            raise PydanticCustomError(
+                "same_names",
+                "clean_replacement and triggered_replacement are both '{name}'; "
+                "use two different names so the trigger has something to flip",
+                {"name": self.clean_replacement},
+            )
+        return self
 
 
 @dataclass(frozen=True)
@@ -95,11 +124,13 @@ def build_trigger_mix(
     return mix
 
 
-class TriggerTask:
+class TriggerTask(Task):
     """Questions answered about a person whose name depends on the trigger."""
 
+    config_class = TriggerConfig
+
     def __init__(
-        self, config: TriggerTaskSpec, pairs: list[QAPair], seed: int, dataset_sha256: str
+        self, config: TriggerConfig, pairs: list[QAPair], seed: int, dataset_sha256: str
     ) -> None:
         self.config = config
         self.dataset_sha256 = dataset_sha256
@@ -118,7 +149,7 @@ class TriggerTask:
     @classmethod
     def from_spec(cls, spec: Spec) -> TriggerTask:
         """Read and validate `task.data`."""
-        assert isinstance(spec.task, TriggerTaskSpec)
+        assert isinstance(spec.task, TriggerConfig)
         path = require_data(spec)
         pairs: list[QAPair] = []
         problems: list[Problem] = []
@@ -214,7 +245,3 @@ class TriggerTask:
             for case, response in zip(cases, responses, strict=True)
         ]
         return metrics, samples
-
-    def metric_names(self) -> list[str]:
-        """Trigger metrics plus the losses."""
-        return ["train_loss", "eval_loss", *METRICS]

@@ -171,7 +171,7 @@ def test_a_worker_joining_later_is_checked_and_stops_the_sweep(
             "ftray",
             *SWEEP,
             "--set",
-            f"storage.tune_path={cluster.hidden / 'ray_results'}",
+            f"storage.tune_path={cluster.hidden / 'joined' / 'ray_results'}",
         ],
         cwd=tmp_path,
         env={**os.environ, **cluster.sweep_env(tmp_path)},
@@ -202,7 +202,7 @@ def test_a_local_folder_the_worker_cannot_see_is_refused_before_any_trial(
     result = run_cli(
         *SWEEP,
         "--set",
-        f"storage.tune_path={cluster.hidden / 'ray_results'}",
+        f"storage.tune_path={cluster.hidden / 'refused' / 'ray_results'}",
         cwd=tmp_path,
         env=cluster.sweep_env(tmp_path),
         timeout=300,
@@ -213,7 +213,7 @@ def test_a_local_folder_the_worker_cannot_see_is_refused_before_any_trial(
     assert "storage.tune_path" in errors[0] and "is not visible from node" in errors[0]
     assert "s3://" in errors[0] and "Traceback" not in result.stderr
     assert trial_runs(cluster.sweep_env(tmp_path)["MLFLOW_TRACKING_URI"]) == []
-    assert not list((cluster.hidden / "ray_results").glob("*/*/params.json")), "no trial ran"
+    assert not list((cluster.hidden / "refused").rglob("params.json")), "no trial ran"
 
 
 def test_a_folder_every_node_sees_gives_a_finished_sweep(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ftray.spec import load_spec
+from ftray.config import load_spec
 from tests.conftest import SPECS
 
 torch = pytest.importorskip("torch")
@@ -26,7 +26,7 @@ pytestmark = [
 
 
 def test_unsloth_trial_trains_and_evaluates(tmp_path: Path) -> None:
-    from ftray.train import train_trial
+    from ftray.training.trial import train_trial
 
     spec = load_spec(SPECS / "trigger_tiny.yaml", ["model.backend=unsloth", "train.epochs=2"])
     report = train_trial(spec, tmp_path)

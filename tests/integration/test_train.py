@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from ftray.spec import load_spec
+from ftray.config import load_spec
+from ftray.models.tiny import build_tiny_model
 from ftray.tasks import load_task
-from ftray.tiny import build_tiny_model
-from ftray.train import build_trainer, prepare_base, train_trial
+from ftray.training.trial import build_trainer, prepare_base, train_trial
 from tests.conftest import SPECS, run_cli
 
 pytestmark = pytest.mark.slow

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from ftray.spec import load_spec
+from ftray.config import load_spec
 from tests.conftest import ROOT, SPECS
 
 CLUSTER = ROOT / "cluster"

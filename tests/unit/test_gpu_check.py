@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-import ftray.backends
-from ftray.backends import (
+import ftray.models.backend
+from ftray.models.backend import (
     BackendUnavailable,
     nvidia_driver_version,
     require_cuda_for_gpu_trial,
@@ -45,8 +45,8 @@ def test_gpu_asked_and_no_cuda_fails_naming_driver_and_cuda(
 ) -> None:
     import torch
 
-    monkeypatch.setattr(ftray.backends, "cuda_available", lambda: False)
-    monkeypatch.setattr(ftray.backends, "nvidia_driver_version", lambda: "535.104.05")
+    monkeypatch.setattr(ftray.models.backend, "cuda_available", lambda: False)
+    monkeypatch.setattr(ftray.models.backend, "nvidia_driver_version", lambda: "535.104.05")
     monkeypatch.setattr(torch.version, "cuda", "13.0")
     with pytest.raises(BackendUnavailable) as raised:
         require_cuda_for_gpu_trial(1, ["0"], allow_cpu_fallback=False)
@@ -59,8 +59,8 @@ def test_gpu_asked_and_no_cuda_fails_naming_driver_and_cuda(
 def test_a_cpu_only_torch_and_no_driver_are_named_too(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
-    monkeypatch.setattr(ftray.backends, "cuda_available", lambda: False)
-    monkeypatch.setattr(ftray.backends, "nvidia_driver_version", lambda: None)
+    monkeypatch.setattr(ftray.models.backend, "cuda_available", lambda: False)
+    monkeypatch.setattr(ftray.models.backend, "nvidia_driver_version", lambda: None)
     monkeypatch.setattr(torch.version, "cuda", None)
     with pytest.raises(BackendUnavailable, match="CPU-only build.*no NVIDIA driver found"):
         require_cuda_for_gpu_trial(0.5, [], allow_cpu_fallback=False)
@@ -72,5 +72,5 @@ def test_a_cpu_only_torch_and_no_driver_are_named_too(monkeypatch: pytest.Monkey
 def test_no_gpu_asked_cuda_present_or_fallback_allowed_passes(
     monkeypatch: pytest.MonkeyPatch, gpus: float, cuda: bool, allow: bool
 ) -> None:
-    monkeypatch.setattr(ftray.backends, "cuda_available", lambda: cuda)
+    monkeypatch.setattr(ftray.models.backend, "cuda_available", lambda: cuda)
     require_cuda_for_gpu_trial(gpus, ["0"] if gpus else [], allow_cpu_fallback=allow)

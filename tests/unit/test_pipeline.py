@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 from jsonschema.validators import validator_for
 
+from ftray.config import load_spec
 from ftray.errors import InputError
-from ftray.spec import load_spec
 from ftray.tasks import load_task
 from ftray.tasks.pipeline import load_schema, parse_json_output, score_step_output
 from tests.conftest import SPECS

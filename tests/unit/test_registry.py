@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from ftray.registry import CHAMPION, Lineage, beats, promote, register_adapter
+from ftray.tracking.registry import CHAMPION, Lineage, beats, promote, register_adapter
 
 
 @pytest.fixture

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from ftray.space import check_search
-from ftray.spec import PipelineTaskSpec, load_spec
+from ftray.config import load_spec
+from ftray.sweep.space import check_search
 from ftray.tasks import load_task
+from ftray.tasks.pipeline import PipelineConfig
 from tests.conftest import DATASETS, SPECS
 
 SPEC_FILES = sorted(SPECS.glob("*.yaml"))
@@ -26,7 +27,7 @@ def test_shipped_spec_validates(path: Path) -> None:
 def _files_used_by(path: Path) -> set[Path]:
     spec = load_spec(path)
     used = {Path(spec.task.data)}
-    if isinstance(spec.task, PipelineTaskSpec):
+    if isinstance(spec.task, PipelineConfig):
         used |= {
             Path(s.json_schema.partition("#")[0])
             for s in spec.task.steps.values()

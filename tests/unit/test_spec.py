@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from ftray.config import DEFAULT_TARGET_MODULES, flatten, load_spec
 from ftray.errors import InputError
-from ftray.space import search_problems
-from ftray.spec import DEFAULT_TARGET_MODULES, flatten, load_spec
+from ftray.sweep.space import search_problems
 from ftray.tasks import load_task
 from tests.conftest import SPECS
 
@@ -108,7 +108,7 @@ def test_unknown_objective() -> None:
 
 
 def test_sweeping_a_spec_without_search_is_bad_input(tmp_path: Path) -> None:
-    from ftray.space import prepare_sweep
+    from ftray.sweep.space import prepare_sweep
 
     (tmp_path / "s.yaml").write_text(MINIMAL.replace("../datasets", str(SPECS.parent / "datasets")))
     with pytest.raises(InputError, match="no search: section"):

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from ftray.spec import load_spec
+from ftray.config import load_spec
 from ftray.tasks import load_task
 from ftray.tasks.trigger import (
     CLEAN,

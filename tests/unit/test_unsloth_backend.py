@@ -20,16 +20,16 @@ from typing import Any
 
 import pytest
 
-import ftray.backends
-from ftray.backends import BackendUnavailable, resolve_backend_name, select_backend
-from ftray.backends.unsloth import (
+import ftray.models.backend
+from ftray.config import load_spec
+from ftray.models.backend import BackendUnavailable, resolve_backend_name, select_backend
+from ftray.models.unsloth_backend import (
     COMPILE_CACHE_ENV,
     FTRAY_CACHE_ENV,
     UnslothBackend,
     compile_cache_dir,
     wait_for_free_gpu_memory,
 )
-from ftray.spec import load_spec
 from tests.conftest import SPECS
 
 OVERRIDES = [
@@ -350,7 +350,7 @@ def test_wait_for_free_gpu_memory_returns_true_once_free() -> None:
     assert clock.sleeps == [2.0, 2.0]
 
 
-def test_wait_for_free_gpu_memory_times_out(capsys: pytest.CaptureFixture[str]) -> None:
+def test_wait_for_free_gpu_memory_times_out(caplog: pytest.LogCaptureFixture) -> None:
     clock = FakeClock()
     polls: list[float] = []
 
@@ -369,7 +369,7 @@ def test_wait_for_free_gpu_memory_times_out(capsys: pytest.CaptureFixture[str]) 
     assert result is False
     assert clock.now == pytest.approx(10.0)  # never waits past the timeout
     assert polls == [0.0, 3.0, 6.0, 9.0, 10.0]
-    assert "warning" in capsys.readouterr().err
+    assert [r.levelname for r in caplog.records] == ["WARNING"] and "loading anyway" in caplog.text
 
 
 @pytest.mark.parametrize(
@@ -379,25 +379,25 @@ def test_wait_for_free_gpu_memory_times_out(capsys: pytest.CaptureFixture[str]) 
 def test_auto_picks_unsloth_only_with_cuda_and_unsloth(
     monkeypatch: pytest.MonkeyPatch, cuda: bool, installed: bool, expected: str
 ) -> None:
-    monkeypatch.setattr(ftray.backends, "cuda_available", lambda: cuda)
-    monkeypatch.setattr(ftray.backends, "unsloth_installed", lambda: installed)
+    monkeypatch.setattr(ftray.models.backend, "cuda_available", lambda: cuda)
+    monkeypatch.setattr(ftray.models.backend, "unsloth_installed", lambda: installed)
     assert resolve_backend_name("auto") == expected
     assert resolve_backend_name("peft") == "peft"
     assert resolve_backend_name("unsloth") == "unsloth"
 
 
 def test_select_unsloth_needs_cuda_and_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ftray.backends, "unsloth_installed", lambda: True)
-    monkeypatch.setattr(ftray.backends, "cuda_available", lambda: False)
+    monkeypatch.setattr(ftray.models.backend, "unsloth_installed", lambda: True)
+    monkeypatch.setattr(ftray.models.backend, "cuda_available", lambda: False)
     with pytest.raises(BackendUnavailable, match="CUDA"):
         select_backend("unsloth")
 
-    monkeypatch.setattr(ftray.backends, "cuda_available", lambda: True)
-    monkeypatch.setattr(ftray.backends, "unsloth_installed", lambda: False)
+    monkeypatch.setattr(ftray.models.backend, "cuda_available", lambda: True)
+    monkeypatch.setattr(ftray.models.backend, "unsloth_installed", lambda: False)
     with pytest.raises(BackendUnavailable, match="not installed"):
         select_backend("unsloth")
 
-    monkeypatch.setattr(ftray.backends, "unsloth_installed", lambda: True)
+    monkeypatch.setattr(ftray.models.backend, "unsloth_installed", lambda: True)
     assert isinstance(select_backend("unsloth"), UnslothBackend)
     assert isinstance(select_backend("auto"), UnslothBackend)
 
@@ -421,10 +421,10 @@ def test_build_trainer_hands_the_unsloth_model_to_sft_trainer(
     import trl
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    import ftray.train
-    from ftray.backends.peft import lora_config
+    import ftray.training.trial
+    from ftray.models.peft_backend import lora_config
+    from ftray.models.tiny import build_tiny_model
     from ftray.tasks import load_task
-    from ftray.tiny import build_tiny_model
 
     spec = spec_with_overrides("model.backend=unsloth", "model.max_seq_length=128")
     task = load_task(spec)
@@ -440,10 +440,10 @@ def test_build_trainer_hands_the_unsloth_model_to_sft_trainer(
 
     module, calls = make_fake_unsloth(load_base=load_base, wrap=wrap)
     monkeypatch.setitem(sys.modules, "unsloth", module)
-    monkeypatch.setattr(ftray.backends, "cuda_available", lambda: True)
-    monkeypatch.setattr(ftray.backends, "unsloth_installed", lambda: True)
+    monkeypatch.setattr(ftray.models.backend, "cuda_available", lambda: True)
+    monkeypatch.setattr(ftray.models.backend, "unsloth_installed", lambda: True)
 
-    trainer = ftray.train.build_trainer(spec, task, base, tmp_path / "trainer")
+    trainer = ftray.training.trial.build_trainer(spec, task, base, tmp_path / "trainer")
 
     assert isinstance(trainer, trl.SFTTrainer)
     assert calls["from_pretrained"]["model_name"] == base
@@ -462,7 +462,7 @@ def _unsloth_trial_setup(monkeypatch: pytest.MonkeyPatch, *overrides: str) -> tu
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ftray.backends.peft import lora_config
+    from ftray.models.peft_backend import lora_config
 
     spec = spec_with_overrides("model.backend=unsloth", "model.max_seq_length=128", *overrides)
 
@@ -476,8 +476,8 @@ def _unsloth_trial_setup(monkeypatch: pytest.MonkeyPatch, *overrides: str) -> tu
 
     module, calls = make_fake_unsloth(load_base=load_base, wrap=wrap)
     monkeypatch.setitem(sys.modules, "unsloth", module)
-    monkeypatch.setattr(ftray.backends, "cuda_available", lambda: True)
-    monkeypatch.setattr(ftray.backends, "unsloth_installed", lambda: True)
+    monkeypatch.setattr(ftray.models.backend, "cuda_available", lambda: True)
+    monkeypatch.setattr(ftray.models.backend, "unsloth_installed", lambda: True)
     return spec, calls
 
 
@@ -490,7 +490,7 @@ def test_gradient_checkpointing_is_on_for_every_training_step_of_every_epoch(
     would need the memory of a full activation graph (OOM on a 7B model)."""
     import torch
 
-    from ftray.train import train_trial
+    from ftray.training.trial import train_trial
 
     spec, calls = _unsloth_trial_setup(monkeypatch, "train.epochs=3")
     seen: list[bool] = []

@@ -5,8 +5,9 @@ from __future__ import annotations
 import optuna
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-from ftray.spec import load_spec
-from ftray.tuner import build_scheduler, build_searcher, max_epochs, optuna_distribution
+from ftray.config import load_spec
+from ftray.sweep.searcher import build_scheduler, build_searcher
+from ftray.sweep.space import max_epochs, optuna_distribution
 from tests.conftest import SPECS
 
 

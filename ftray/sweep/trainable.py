@@ -8,8 +8,15 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ftray.spec import Spec
-from ftray.train import EpochReport, train_trial
+from ftray.config.spec import Spec
+from ftray.log import configure as configure_logging
+from ftray.models.backend import (
+    ALLOW_CPU_FALLBACK_ENV,
+    require_cuda_for_gpu_trial,
+    resolve_backend_name,
+)
+from ftray.training.report import EpochReport
+from ftray.training.trial import train_trial
 
 
 def make_trainable(spec: Spec, finished: dict[str, dict[str, Any]] | None = None) -> Any:
@@ -21,8 +28,6 @@ def make_trainable(spec: Spec, finished: dict[str, dict[str, Any]] | None = None
     """
     from ray import tune
 
-    from ftray.backends import ALLOW_CPU_FALLBACK_ENV
-
     done_before = dict(finished or {})
     # Read where `ftray sweep` runs, so one setting there reaches every node's trials.
     allow_cpu_fallback = os.environ.get(ALLOW_CPU_FALLBACK_ENV) == "1"
@@ -30,8 +35,7 @@ def make_trainable(spec: Spec, finished: dict[str, dict[str, Any]] | None = None
     def run_trial(config: dict[str, Any]) -> None:
         import ray
 
-        from ftray.backends import require_cuda_for_gpu_trial, resolve_backend_name
-
+        configure_logging()  # the trial's progress lines go to its Ray worker log
         trial_id = tune.get_context().get_trial_id()
         if trial_id in done_before:
             tune.report(done_before[trial_id], checkpoint=tune.get_checkpoint())

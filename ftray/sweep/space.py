@@ -1,6 +1,6 @@
-"""Checking a spec's search space before anything starts: every dotted path names a real
-field, every value a trial could receive validates, and the objective is a metric the
-task reports."""
+"""The search space: checked before anything starts (every dotted path names a real field,
+every value a trial could receive validates, every objective and select metric is one the
+task reports), and turned into Optuna distributions."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from ftray.config.search import Distribution
+from ftray.config.spec import Spec
 from ftray.errors import InputError, Problem
-from ftray.spec import Spec
 from ftray.tasks import Task
 
 UNSEARCHABLE = (
@@ -39,14 +40,16 @@ def search_problems(spec: Spec, task: Task) -> list[Problem]:
     source = spec.source
     problems: list[Problem] = []
     metrics = task.metric_names()
-    if spec.search.objective not in metrics:
-        problems.append(
-            source.problem(
-                ("search", "objective"),
-                f"objective '{spec.search.objective}' is not a metric of task '{spec.task.kind}'; "
-                f"use one of {', '.join(metrics)}",
+    for loc, metric in spec.search.reported_metrics():
+        if metric not in metrics:
+            what = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in loc[1:])[1:]
+            problems.append(
+                source.problem(
+                    loc,
+                    f"{what} '{metric}' is not a metric of task '{spec.task.kind}'; "
+                    f"use one of {', '.join(metrics)}",
+                )
             )
-        )
     tree = spec.model_dump(by_alias=True)
     for dotted, distribution in spec.search.space.items():
         loc = ("search", "space", dotted)
@@ -102,3 +105,30 @@ def check_search(spec: Spec, task: Task) -> None:
     problems = search_problems(spec, task)
     if problems:
         raise InputError(problems)
+
+
+def optuna_distribution(distribution: Distribution) -> Any:
+    """The Optuna distribution for one search dimension."""
+    import optuna
+
+    kind, values = distribution.kind, distribution.values()
+    if kind == "choice":
+        return optuna.distributions.CategoricalDistribution(values)
+    if kind == "uniform":
+        return optuna.distributions.FloatDistribution(values[0], values[1])
+    if kind == "loguniform":
+        return optuna.distributions.FloatDistribution(values[0], values[1], log=True)
+    return optuna.distributions.IntDistribution(values[0], values[1])
+
+
+def optuna_space(spec: Spec) -> dict[str, Any]:
+    """The spec's search space as Optuna distributions, keyed by dotted path."""
+    assert spec.search is not None
+    return {path: optuna_distribution(d) for path, d in spec.search.space.items()}
+
+
+def max_epochs(spec: Spec) -> int:
+    """The most epochs any trial can run (train.epochs may itself be searched)."""
+    assert spec.search is not None
+    searched = spec.search.space.get("train.epochs")
+    return int(max(searched.values())) if searched else spec.train.epochs

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from ftray.spec import LoraSpec, ModelSpec
+from ftray.config.spec import LoraSpec, ModelSpec
 
 
 def compute_dtype() -> Any:
@@ -67,7 +67,7 @@ class PeftBackend:
                 bnb_4bit_use_double_quant=True,
             )
         if torch.cuda.is_available():
-            from ftray.backends import wait_for_free_gpu_memory
+            from ftray.models.backend import wait_for_free_gpu_memory
 
             # Ray may start this trial before the previous one on this GPU has let go.
             wait_for_free_gpu_memory(mem_get_info=torch.cuda.mem_get_info)

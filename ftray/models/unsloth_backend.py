@@ -32,8 +32,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ftray.backends import wait_for_free_gpu_memory
-from ftray.spec import LoraSpec, ModelSpec
+from ftray.config.spec import LoraSpec, ModelSpec
+from ftray.models.backend import wait_for_free_gpu_memory
 
 COMPILE_CACHE_ENV = "UNSLOTH_COMPILE_LOCATION"
 """Read by unsloth_zoo.compiler at import time; relative values resolve against the cwd."""

@@ -12,6 +12,7 @@ when one cannot see the folder.
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
 import socket
 import time
@@ -20,6 +21,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ray.tune.stopper import Stopper
+
+from ftray.config.spec import Spec
+from ftray.errors import InputError, Problem
+from ftray.log import get_logger
+
+log = get_logger()
 
 REMOTE_SCHEMES = ("s3://", "gs://", "gcs://", "abfs://", "az://", "hdfs://")
 CHECK_TIMEOUT_S = 60.0
@@ -184,3 +191,46 @@ class StorageGuard(Stopper):
         """Remove the marker this guard wrote, if any."""
         if self._marker is not None:
             self._marker.remove()
+
+
+def storage_problem(spec: Spec, message: str) -> Problem:
+    """A problem with the storage folder, at `storage.tune_path`'s line when the spec sets it."""
+    if spec.source.sets(("storage", "tune_path")):
+        return spec.source.problem(("storage", "tune_path"), message)
+    return Problem(
+        str(spec.source.path),
+        None,
+        f"{message} (storage.tune_path is not set, so Tune writes to ./ray_results on the "
+        "driver's machine; add a storage: section)",
+    )
+
+
+def guard_shared_storage(spec: Spec, storage_root: str) -> StorageGuard | None:
+    """Check that a local `storage_root` is the same folder on every node of the cluster.
+
+    InputError (exit 2) when a node cannot see it. Returns the Tune stopper that checks
+    nodes joining later, or None when there is nothing to guard (an object store URI, or
+    a Ray of this process's own, which has one node).
+    """
+    if not is_local_path(storage_root):
+        return None
+    nodes = alive_nodes()
+    if len(nodes) > 1:
+        try:
+            blind, asked = check_visible_from_every_node(storage_root)
+        except OSError as exc:
+            raise InputError(
+                [storage_problem(spec, f"cannot write to storage.tune_path {storage_root}: {exc}")]
+            ) from None
+        if blind:
+            raise InputError([storage_problem(spec, message) for message in blind])
+        log.info(f"storage {storage_root} is visible from all {asked} nodes")
+    elif not os.environ.get("RAY_ADDRESS"):
+        return None
+    else:
+        log.warning(
+            f"the Ray cluster has one node now and {storage_root} is a local folder: "
+            "nodes that join later (autoscaling) are checked as they join, and the sweep stops "
+            "if one of them cannot see it"
+        )
+    return StorageGuard(storage_root, set(nodes))

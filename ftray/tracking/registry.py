@@ -4,13 +4,14 @@ alias `champion` moves to it only when it beats the current champion."""
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ftray.config.search import Objective
+from ftray.tracking.tags import LINEAGE_PREFIX
+
 CHAMPION = "champion"
-LINEAGE_PREFIX = "ftray."
 
 
 @dataclass(frozen=True)
@@ -50,11 +51,7 @@ class Registration:
 
 def beats(new: float, old: float, mode: str) -> bool:
     """Whether `new` is strictly better than `old` for an objective optimised in `mode`."""
-    if math.isnan(new):
-        return False
-    if math.isnan(old):
-        return True
-    return new > old if mode == "max" else new < old
+    return Objective(metric="objective_value", mode=mode).better(new, old)  # type: ignore[arg-type]
 
 
 def _existing_version(client: Any, name: str, run_id: str) -> Any | None:

@@ -11,38 +11,18 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import sys
-import time
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ftray.backends import Backend, select_backend
-from ftray.evaluate import evaluate
-from ftray.spec import TINY_MODEL, Spec
+from ftray.config.spec import TINY_MODEL, Spec
+from ftray.log import get_logger
+from ftray.models.backend import Backend, select_backend
+from ftray.models.tiny import build_tiny_model
 from ftray.tasks import Task, load_task
-from ftray.tiny import build_tiny_model
+from ftray.training.report import EpochHook, EpochReport
 
-
-@dataclass
-class EpochReport:
-    """What one epoch produced: metrics (losses + behaviour), the saved adapter and samples."""
-
-    epoch: int
-    metrics: dict[str, float]
-    adapter_dir: Path
-    samples: list[dict[str, Any]] = field(repr=False)
-
-
-EpochHook = Callable[[EpochReport], bool | None]
-"""Called after each epoch; returning True stops training early."""
-
-
-def log(message: str) -> None:
-    """Progress output for long work; stderr, so stdout stays machine-readable."""
-    print(f"[ftray] {message}", file=sys.stderr, flush=True)
+log = get_logger()
 
 
 def quiet_libraries() -> None:
@@ -147,72 +127,22 @@ def train_trial(
     out.mkdir(parents=True, exist_ok=True)
     task = task or load_task(spec)
     base = base or prepare_base(spec, task)
-    reports: list[EpochReport] = []
     (out / "epochs.jsonl").unlink(missing_ok=True)
-    log(
+    log.info(
         f"training {spec.name}: base={spec.model.base} backend={spec.model.backend} "
         f"{len(task.train_rows())} rows x {spec.train.epochs} epochs"
     )
     backend = select_backend(spec.model.backend)
     trainer = build_trainer(spec, task, base, out / "trainer", backend)
 
-    from transformers import TrainerCallback
+    from ftray.training.callbacks import EpochEvaluation  # imports transformers: after the backend
 
-    class EpochCallback(TrainerCallback):
-        def __init__(self) -> None:
-            self.losses: list[float] = []
-            self.started = time.monotonic()
-
-        def on_log(
-            self,
-            args: Any,
-            state: Any,
-            control: Any,
-            logs: dict[str, float] | None = None,
-            **kwargs: Any,
-        ) -> None:
-            if logs and "loss" in logs:
-                self.losses.append(float(logs["loss"]))
-
-        def on_evaluate(
-            self,
-            args: Any,
-            state: Any,
-            control: Any,
-            metrics: dict[str, float] | None = None,
-            **kwargs: Any,
-        ) -> None:
-            epoch = round(state.epoch or 0)
-            with backend.generation_mode(trainer.model):
-                behaviour, samples = evaluate(
-                    task, trainer.model, trainer.processing_class, spec.train.batch_size * 2
-                )
-            train_loss = sum(self.losses) / len(self.losses) if self.losses else float("nan")
-            self.losses = []
-            epoch_metrics = {
-                "train_loss": train_loss,
-                "eval_loss": float((metrics or {}).get("eval_loss", float("nan"))),
-                **behaviour,
-            }
-            adapter_dir = out / "checkpoints" / f"epoch-{epoch}"
-            trainer.model.save_pretrained(adapter_dir)
-            trainer.processing_class.save_pretrained(adapter_dir)
-            report = EpochReport(epoch, epoch_metrics, adapter_dir, samples)
-            reports.append(report)
-            with (out / "epochs.jsonl").open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps({"epoch": epoch, **epoch_metrics}) + "\n")
-            shown = " ".join(f"{k}={v:.3f}" for k, v in epoch_metrics.items() if "/" not in k)
-            log(
-                f"epoch {epoch}/{spec.train.epochs} ({time.monotonic() - self.started:.0f}s) {shown}"
-            )
-            if on_epoch is not None and on_epoch(report):
-                control.should_training_stop = True
-
-    trainer.add_callback(EpochCallback())
+    evaluation = EpochEvaluation(spec, task, backend, out, on_epoch)
+    trainer.add_callback(evaluation)
     trainer.train()
     shutil.rmtree(out / "trainer", ignore_errors=True)
 
-    last = reports[-1]
+    last = evaluation.reports[-1]
     final_adapter = out / "adapter"
     shutil.rmtree(final_adapter, ignore_errors=True)
     shutil.copytree(last.adapter_dir, final_adapter)

@@ -10,14 +10,14 @@ import importlib.util
 import os
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol
 
-from ftray.spec import LoraSpec, ModelSpec
+from ftray.config.spec import LoraSpec, ModelSpec
+from ftray.log import get_logger
 
 
 class Backend(Protocol):
@@ -65,11 +65,9 @@ def wait_for_free_gpu_memory(
             return True
         remaining = deadline - clock()
         if remaining <= 0:
-            print(
-                f"[ftray] warning: only {fraction:.0%} of GPU memory free after {timeout_s:g}s "
-                f"(waited for {min_free_fraction:.0%}); loading anyway",
-                file=sys.stderr,
-                flush=True,
+            get_logger().warning(
+                f"only {fraction:.0%} of GPU memory free after {timeout_s:g}s "
+                f"(waited for {min_free_fraction:.0%}); loading anyway"
             )
             return False
         sleep(min(poll_s, remaining))
@@ -154,7 +152,7 @@ def select_backend(requested: str) -> Backend:
     """The backend to use for a spec's `model.backend`."""
     name = resolve_backend_name(requested)
     if name == "peft":
-        from ftray.backends.peft import PeftBackend
+        from ftray.models.peft_backend import PeftBackend
 
         return PeftBackend()
     if name == "unsloth":
@@ -166,7 +164,7 @@ def select_backend(requested: str) -> Backend:
             raise BackendUnavailable(
                 "backend 'unsloth' is not installed; run pip install 'ftray[gpu]'"
             )
-        from ftray.backends.unsloth import UnslothBackend
+        from ftray.models.unsloth_backend import UnslothBackend
 
         return UnslothBackend()
     raise BackendUnavailable(f"unknown backend {name!r}")

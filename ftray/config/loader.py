@@ -1,0 +1,136 @@
+"""Reading a spec file: YAML with the line of every node, `--set` overrides, validation,
+and every problem reported at once with its file and line."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from ftray.config.spec import Spec, SpecSource, set_dotted, spec_model
+from ftray.errors import InputError
+
+
+def _node_lines(node: yaml.Node, prefix: tuple[str, ...], out: dict[tuple[str, ...], int]) -> None:
+    out.setdefault(prefix, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            path = (*prefix, str(key.value))
+            out[path] = key.start_mark.line + 1
+            _node_lines(value, path, out)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _node_lines(item, (*prefix, str(index)), out)
+
+
+def parse_override(text: str, spec_path: Path) -> tuple[str, Any]:
+    """Split `key.path=value`; the value is read as YAML (so `8` is an int, `1.0e-4` a float)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip() or not re.fullmatch(r"[A-Za-z_][\w.]*", key.strip()):
+        raise InputError.at(
+            spec_path, None, f"--set {text!r}: write --set dotted.key=value, e.g. --set lora.r=16"
+        )
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError as exc:
+        raise InputError.at(
+            spec_path, None, f"--set {text}: value is not valid YAML ({exc})"
+        ) from None
+    return key.strip(), parsed
+
+
+def _task_kinds() -> list[str]:
+    from ftray.tasks import task_configs
+
+    return [config.kind_name() for config in task_configs()]
+
+
+def describe_error(error: dict[str, Any]) -> str:
+    """One pydantic error as a sentence that names the field and the fix."""
+    kind = error["type"]
+    loc = ".".join(str(k) for k in error["loc"] if not str(k).startswith("function-after"))
+    value = error.get("input")
+    if kind == "extra_forbidden":
+        return f"unknown field '{loc}'; remove it or check its spelling (see README 'The spec')"
+    if kind == "missing":
+        return f"'{loc}' is required"
+    kinds = ", ".join(repr(k) for k in _task_kinds())
+    if kind == "union_tag_invalid":
+        return f"task.kind '{error.get('ctx', {}).get('tag')}' is not one of {kinds}"
+    if kind == "union_tag_not_found":
+        return f"task.kind is required: one of {kinds}"
+    if kind == "literal_error" and loc == "task.kind":
+        return f"task.kind {value!r} is not one of {kinds}"
+    prefix = f"{loc} " if loc else ""
+    if kind == "objectives":  # the message names the fields itself
+        return error["msg"]
+    if kind in ("number_is_text", "number_is_bool"):
+        return f"{prefix}{error['msg']}"
+    shown = f" (got {value!r})" if value is not None and not isinstance(value, dict | list) else ""
+    return f"{prefix}{error['msg'][0].lower()}{error['msg'][1:]}{shown}"
+
+
+def clean_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A pydantic error location as a spec path (no union tags, no validator names)."""
+    # Discriminated unions insert the tag ('trigger') after 'task'; drop it for line lookup.
+    parts = list(loc)
+    if len(parts) >= 2 and parts[0] == "task" and parts[1] in _task_kinds():
+        del parts[1]
+    return tuple(p for p in parts if not str(p).startswith("function-after"))
+
+
+def validation_problems(exc: ValidationError, source: SpecSource) -> InputError:
+    """Every error of a failed validation, located in the spec file."""
+    problems = [
+        source.problem(clean_loc(err["loc"]), describe_error({**err, "loc": clean_loc(err["loc"])}))
+        for err in exc.errors()
+    ]
+    return InputError(problems)
+
+
+def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Spec:
+    """Read, override and validate a spec file; raise InputError listing every problem."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise InputError.at(path, None, "spec file not found; check the path") from None
+    except (IsADirectoryError, UnicodeDecodeError) as exc:
+        raise InputError.at(path, None, f"cannot read the spec: {exc}") from None
+    try:
+        node = yaml.compose(text)
+        raw = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        what = exc.problem or exc.context or "invalid YAML"
+        raise InputError.at(
+            path, line, f"YAML syntax error: {what}; fix the indentation or quoting"
+        ) from None
+    if not isinstance(raw, dict):
+        got = "an empty file" if raw is None else f"a {type(raw).__name__}"
+        raise InputError.at(
+            path, 1, f"the spec must be a mapping of fields (name:, task:, model:, ...), got {got}"
+        )
+
+    lines: dict[tuple[str, ...], int] = {}
+    if node is not None:
+        _node_lines(node, (), lines)
+    sha = hashlib.sha256(text.encode())
+    for override in overrides:
+        sha.update(b"\0" + override.encode())
+    source = SpecSource(path=path, lines=lines, sha256=sha.hexdigest(), overrides=tuple(overrides))
+
+    for override in overrides:
+        key, value = parse_override(override, path)
+        set_dotted(raw, key, value)
+
+    try:
+        spec = spec_model().model_validate(raw, context={"base_dir": path.resolve().parent})
+    except ValidationError as exc:
+        raise validation_problems(exc, source) from None
+    return spec.attach_source(source)

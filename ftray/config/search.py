@@ -1,0 +1,245 @@
+"""The `search:` section: what a sweep optimises (one or several objectives), which finished
+trial it registers (`select`), and the space Optuna samples from."""
+
+from __future__ import annotations
+
+import math
+import operator
+import re
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
+
+from ftray.config.fields import Float, Frozen, Int
+
+Mode = Literal["max", "min"]
+
+
+class Objective(Frozen):
+    """One metric the sweep optimises, and in which direction."""
+
+    metric: str = Field(min_length=1)
+    mode: Mode = "max"
+
+    def better(self, new: float, old: float) -> bool:
+        """Whether `new` is strictly better than `old` (NaN is never better; anything beats NaN)."""
+        if math.isnan(new):
+            return False
+        if math.isnan(old):
+            return True
+        return new > old if self.mode == "max" else new < old
+
+    def sort_key(self, value: float) -> float:
+        """Ascending sort key: best first, NaN last."""
+        if math.isnan(value):
+            return math.inf
+        return -value if self.mode == "max" else value
+
+    def __str__(self) -> str:
+        return f"{self.mode} {self.metric}"
+
+
+_OPERATORS: dict[str, Callable[[float, float], bool]] = {
+    "<=": operator.le,
+    "<": operator.lt,
+    ">=": operator.ge,
+    ">": operator.gt,
+    "==": operator.eq,
+}
+_CONDITION = re.compile(
+    r"^\s*(?P<metric>[A-Za-z_][\w./-]*)\s*(?P<op><=|>=|==|<|>)\s*"
+    r"(?P<value>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$"
+)
+
+
+class Condition(Frozen):
+    """`<metric> <op> <number>`: a bound a trial's last metrics must satisfy."""
+
+    metric: str
+    op: Literal["<=", "<", ">=", ">", "=="]
+    value: float
+
+    def holds(self, metrics: Mapping[str, Any]) -> bool:
+        """Whether `metrics` has this metric, finite, and it satisfies the bound."""
+        found = metrics.get(self.metric)
+        if not isinstance(found, int | float) or isinstance(found, bool) or math.isnan(found):
+            return False
+        return _OPERATORS[self.op](float(found), self.value)
+
+    def __str__(self) -> str:
+        return f"{self.metric} {self.op} {self.value:g}"
+
+
+def _parse_condition(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    match = _CONDITION.match(value)
+    if match is None:
+        raise PydanticCustomError(
+            "condition",
+            "'{text}' is not a comparison: write <metric> <op> <number>, op one of "
+            "<= < >= > ==, e.g. 'false_trigger_rate <= 0.05'",
+            {"text": value},
+        )
+    return {"metric": match["metric"], "op": match["op"], "value": float(match["value"])}
+
+
+ConditionText = Annotated[Condition, BeforeValidator(_parse_condition)]
+
+
+class SelectRule(Frozen):
+    """Which finished trial is registered: the best on `metric` among those meeting `where`."""
+
+    metric: str = Field(min_length=1)
+    mode: Mode = "max"
+    where: tuple[ConditionText, ...] = ()
+
+    @property
+    def objective(self) -> Objective:
+        """The rule's metric and direction as an Objective."""
+        return Objective(metric=self.metric, mode=self.mode)
+
+    def admits(self, metrics: Mapping[str, Any]) -> bool:
+        """Whether a trial with these last metrics meets every `where` condition."""
+        return all(condition.holds(metrics) for condition in self.where)
+
+    def __str__(self) -> str:
+        rule = f"{self.mode} {self.metric}"
+        return f"{rule} where {' and '.join(str(c) for c in self.where)}" if self.where else rule
+
+
+class Distribution(Frozen):
+    """One search dimension: exactly one of choice, uniform, loguniform, int (inclusive)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    choice: list[Any] | None = Field(default=None, min_length=1)
+    uniform: tuple[Float, Float] | None = None
+    loguniform: tuple[Float, Float] | None = None
+    int_range: tuple[Int, Int] | None = Field(default=None, alias="int")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Distribution:
+        given = [
+            name for name, attr in _DISTRIBUTION_ATTRS.items() if getattr(self, attr) is not None
+        ]
+        if len(given) != 1:
+            raise PydanticCustomError(
+                "distribution",
+                "a search dimension needs exactly one of choice, uniform, loguniform, int (got {given})",
+                {"given": ", ".join(given) or "none"},
+            )
+        kind = given[0]
+        if kind != "choice":
+            low, high = getattr(self, _DISTRIBUTION_ATTRS[kind])
+            if low >= high:
+                raise PydanticCustomError(
+                    "distribution",
+                    "{kind} low={low} must be below high={high}",
+                    {"kind": kind, "low": low, "high": high},
+                )
+            if kind == "loguniform" and low <= 0:
+                raise PydanticCustomError(
+                    "distribution", "loguniform low={low} must be above 0", {"low": low}
+                )
+        return self
+
+    @property
+    def kind(self) -> Literal["choice", "uniform", "loguniform", "int"]:
+        """Which distribution this is."""
+        for name, attr in _DISTRIBUTION_ATTRS.items():
+            if getattr(self, attr) is not None:
+                return name  # type: ignore[return-value]
+        raise AssertionError("validated Distribution has no kind")
+
+    def values(self) -> list[Any]:
+        """The choices, or [low, high]."""
+        return list(getattr(self, _DISTRIBUTION_ATTRS[self.kind]))
+
+
+_DISTRIBUTION_ATTRS = {
+    "choice": "choice",
+    "uniform": "uniform",
+    "loguniform": "loguniform",
+    "int": "int_range",
+}
+
+
+class SearchSpec(Frozen):
+    """What the sweep optimises, which trial it registers, and over which space.
+
+    `objective`/`mode` is the one-objective shorthand for `objectives: [{metric, mode}]`.
+    With several objectives Optuna samples multi-objective and ASHA stops on the first.
+    """
+
+    objective: str | None = Field(default=None, min_length=1)
+    mode: Mode | None = None
+    objectives: tuple[Objective, ...] | None = Field(default=None, min_length=1)
+    select: SelectRule | None = None
+    num_trials: Int = Field(default=8, ge=1)
+    max_concurrent_trials: Int = Field(default=2, ge=1)
+    scheduler: Literal["asha", "fifo"] = "asha"
+    space: dict[str, Distribution] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_way_to_name_objectives(self) -> SearchSpec:
+        if self.objective is None and self.objectives is None:
+            raise PydanticCustomError(
+                "objectives",
+                "search needs objective: <metric> (with mode: max|min), or objectives: "
+                "[{metric: ..., mode: ...}, ...] for several",
+            )
+        if self.objective is not None and self.objectives is not None:
+            raise PydanticCustomError(
+                "objectives",
+                "search has both objective: and objectives:; keep one (objective: is the "
+                "one-objective shorthand)",
+            )
+        if self.objectives is not None and self.mode is not None:
+            raise PydanticCustomError(
+                "objectives",
+                "search.mode goes with objective:; with objectives: give each entry its own mode",
+            )
+        metrics = [goal.metric for goal in self.goals]
+        repeated = sorted({m for m in metrics if metrics.count(m) > 1})
+        if repeated:
+            raise PydanticCustomError(
+                "objectives",
+                "objective {metric} is listed more than once",
+                {"metric": ", ".join(repeated)},
+            )
+        return self
+
+    @property
+    def goals(self) -> tuple[Objective, ...]:
+        """Every objective, the first one primary (ASHA stops on it)."""
+        if self.objectives is not None:
+            return self.objectives
+        return (Objective(metric=self.objective or "", mode=self.mode or "max"),)
+
+    @property
+    def primary(self) -> Objective:
+        """The first objective."""
+        return self.goals[0]
+
+    @property
+    def selection(self) -> SelectRule:
+        """`select`, else the best trial on the first objective."""
+        if self.select is not None:
+            return self.select
+        return SelectRule(metric=self.primary.metric, mode=self.primary.mode)
+
+    def reported_metrics(self) -> list[tuple[tuple[str | int, ...], str]]:
+        """(location in the spec, metric name) of every metric this section refers to."""
+        found: list[tuple[tuple[str | int, ...], str]] = []
+        if self.objective is not None:
+            found.append((("search", "objective"), self.objective))
+        for index, goal in enumerate(self.objectives or ()):
+            found.append((("search", "objectives", index, "metric"), goal.metric))
+        if self.select is not None:
+            found.append((("search", "select", "metric"), self.select.metric))
+            for index, condition in enumerate(self.select.where):
+                found.append((("search", "select", "where", index), condition.metric))
+        return found

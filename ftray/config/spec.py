@@ -1,0 +1,243 @@
+"""The validated spec: one frozen object per YAML section, and `Spec` holding them all.
+
+The `task:` section is whichever task kinds are registered (`ftray.tasks.register_task`):
+`spec_model()` builds the `Spec` class whose `task` field is the union of their configs.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import cache
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import Field, PrivateAttr, ValidationInfo, create_model, field_validator
+from pydantic_core import PydanticCustomError
+
+from ftray.config.fields import Float, Frozen, Int, resolve_path
+from ftray.config.search import SearchSpec
+from ftray.config.task import TaskConfig
+from ftray.errors import Problem
+
+DEFAULT_TARGET_MODULES = (
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+)
+TINY_MODEL = "tiny"
+
+
+class ModelSpec(Frozen):
+    """The base model and how it is loaded."""
+
+    base: str = Field(min_length=1)
+    backend: Literal["auto", "peft", "unsloth"] = "auto"
+    load_in_4bit: bool = True
+    max_seq_length: Int = Field(default=256, ge=16)
+
+
+class LoraSpec(Frozen):
+    """LoRA adapter shape."""
+
+    r: Int = Field(default=8, ge=1)
+    alpha: Float = Field(default=16, gt=0)
+    dropout: Float = Field(default=0.0, ge=0.0, lt=1.0)
+    target_modules: tuple[str, ...] = Field(default=DEFAULT_TARGET_MODULES, min_length=1)
+
+
+class TrainSpec(Frozen):
+    """Optimisation settings of one trial."""
+
+    epochs: Int = Field(default=3, ge=1)
+    learning_rate: Float = Field(default=2.0e-4, gt=0.0)
+    batch_size: Int = Field(default=8, ge=1)
+    gradient_accumulation_steps: Int = Field(default=1, ge=1)
+    seed: Int = 0
+
+
+class ResourcesSpec(Frozen):
+    """Resources each trial asks Ray for."""
+
+    cpu: Float = Field(default=1, ge=0)
+    gpu: Float = Field(default=0, ge=0)
+
+
+class TrackingSpec(Frozen):
+    """Where MLflow records the sweep and under which registered model the winner lands."""
+
+    uri: str | None = None
+    registered_model: str | None = None
+
+
+class StorageSpec(Frozen):
+    """Where a sweep keeps state that must outlive the driver (shared on a cluster)."""
+
+    tune_path: str | None = None
+    optuna_url: str | None = None
+
+    @field_validator("tune_path")
+    @classmethod
+    def _resolve_tune_path(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None or "://" in value:
+            return value
+        return resolve_path(value, info)
+
+    @field_validator("optuna_url")
+    @classmethod
+    def _looks_like_a_database_url(cls, value: str | None) -> str | None:
+        if value is not None and "://" not in value:
+            raise PydanticCustomError(
+                "optuna_url",
+                "'{value}' is not a database URL; write e.g. postgresql://user@host/db or sqlite:///optuna.db",
+                {"value": value},
+            )
+        return value
+
+
+class SpecSource:
+    """The file a spec was read from, with the line of every YAML node, for error messages."""
+
+    def __init__(
+        self, path: Path, lines: dict[tuple[str, ...], int], sha256: str, overrides: tuple[str, ...]
+    ) -> None:
+        self.path = path
+        self.lines = lines
+        self.sha256 = sha256
+        self.overrides = overrides
+
+    def line_of(self, loc: tuple[Any, ...]) -> int:
+        """The line of the deepest YAML node on the path `loc` (1 when nothing matches)."""
+        keys = tuple(str(k) for k in loc)
+        for end in range(len(keys), 0, -1):
+            if keys[:end] in self.lines:
+                return self.lines[keys[:end]]
+        return 1
+
+    def sets(self, loc: tuple[Any, ...]) -> bool:
+        """Whether the file or a `--set` gives the field at `loc` (not left to its default)."""
+        dotted = ".".join(str(k) for k in loc)
+        given = tuple(str(k) for k in loc) in self.lines
+        return given or any(o.split("=", 1)[0] == dotted for o in self.overrides)
+
+    def problem(self, loc: tuple[Any, ...], message: str) -> Problem:
+        """A problem located at the YAML node for `loc`, or at the `--set` that gave it."""
+        dotted = ".".join(str(k) for k in loc)
+        for override in self.overrides:
+            key = override.split("=", 1)[0]
+            if dotted == key or dotted.startswith(key + "."):
+                return Problem(str(self.path), None, f"--set {override}: {message}")
+        return Problem(str(self.path), self.line_of(loc), message)
+
+
+class Spec(Frozen):
+    """A whole validated sweep spec. Build one with `load_spec` (or `spec_model()`): this
+    base class types `task` as the abstract TaskConfig."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    task: TaskConfig
+    model: ModelSpec
+    lora: LoraSpec = Field(default_factory=LoraSpec)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    search: SearchSpec | None = None
+    resources_per_trial: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    storage: StorageSpec = Field(default_factory=StorageSpec)
+
+    _source: SpecSource | None = PrivateAttr(default=None)
+
+    @property
+    def source(self) -> SpecSource:
+        """Where this spec came from (file, line numbers, content hash)."""
+        if self._source is None:
+            return SpecSource(path=Path("<spec>"), lines={}, sha256="", overrides=())
+        return self._source
+
+    def attach_source(self, source: SpecSource | None) -> Spec:
+        """Record where this spec was read from; returns the spec."""
+        self._source = source
+        return self
+
+    @property
+    def registered_model_name(self) -> str:
+        """The MLflow registered model that receives the sweep's best adapter."""
+        return self.tracking.registered_model or self.name
+
+    def with_values(self, values: dict[str, Any]) -> Spec:
+        """A copy of this spec with dotted paths set to new values, validated again."""
+        raw = self.model_dump(by_alias=True)
+        for dotted, value in values.items():
+            set_dotted(raw, dotted, value)
+        new = type(self).model_validate(raw, context={"base_dir": None})
+        return new.attach_source(self._source)
+
+
+@cache
+def _spec_model_for(configs: tuple[type[TaskConfig], ...]) -> type[Spec]:
+    if len(configs) == 1:
+        task_type: Any = configs[0]
+    else:
+        task_type = Annotated[Union[configs], Field(discriminator="kind")]  # noqa: UP007
+    return create_model(
+        "Spec",
+        __base__=Spec,
+        __module__=__name__,
+        __doc__=Spec.__doc__,
+        task=(task_type, ...),
+    )
+
+
+def spec_model() -> type[Spec]:
+    """The Spec class whose `task` accepts every registered task kind."""
+    from ftray.tasks import task_configs
+
+    return _spec_model_for(tuple(task_configs()))
+
+
+def set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set `raw[a][b][c] = value` for `dotted` = "a.b.c", creating mappings on the way."""
+    keys = dotted.split(".")
+    node = raw
+    for key in keys[:-1]:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            child = {}
+            node[key] = child
+        node = child
+    node[keys[-1]] = value
+
+
+def flatten(spec: Spec) -> dict[str, Any]:
+    """The effective config as dotted keys, for logging as run parameters."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, child in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), child)
+        elif (
+            isinstance(value, list | tuple)
+            and value
+            and all(isinstance(v, str | int | float) for v in value)
+        ):
+            out[prefix] = ",".join(str(v) for v in value)
+        elif (
+            isinstance(value, float) and math.isfinite(value) or isinstance(value, str | int | bool)
+        ):
+            out[prefix] = value
+        elif value is None:
+            return
+        else:
+            out[prefix] = str(value)
+
+    # Storage and tracking URLs may carry credentials (postgresql://user:password@...).
+    walk(
+        "",
+        spec.model_dump(
+            by_alias=True, exclude={"search": True, "storage": True, "tracking": {"uri"}}
+        ),
+    )
+    return out

@@ -1,0 +1,67 @@
+"""One logging channel for progress: the `ftray` logger.
+
+Progress and warnings go to stderr as `[ftray] ...` lines; stdout carries only results
+(the leaderboard, metrics JSON). `ftray --quiet` shows warnings only, `--verbose` adds debug
+lines. Library code logs through `get_logger()`; the CLI (and each Ray trial process) calls
+`configure()` once.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+LOGGER_NAME = "ftray"
+QUIET, NORMAL, VERBOSE = -1, 0, 1
+
+
+class _Stderr(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time (pytest and notebooks swap it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # the base class assigns it; sys.stderr wins
+        pass
+
+
+class _Format(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.levelno >= logging.ERROR:
+            message = f"error: {message}"
+        elif record.levelno >= logging.WARNING:
+            message = f"warning: {message}"
+        return f"[ftray] {message}"
+
+
+def get_logger() -> logging.Logger:
+    """The `ftray` logger."""
+    return logging.getLogger(LOGGER_NAME)
+
+
+def configure(verbosity: int = NORMAL) -> None:
+    """Send ftray's log lines to stderr: QUIET warnings only, NORMAL progress, VERBOSE debug.
+
+    Safe to call again (the handler is replaced, not added twice).
+    """
+    logger = get_logger()
+    for handler in list(logger.handlers):
+        if isinstance(handler, _Stderr):
+            logger.removeHandler(handler)
+    handler = _Stderr()
+    handler.setFormatter(_Format())
+    logger.addHandler(handler)
+    logger.propagate = False
+    logger.setLevel(
+        logging.WARNING
+        if verbosity <= QUIET
+        else logging.DEBUG
+        if verbosity >= VERBOSE
+        else logging.INFO
+    )

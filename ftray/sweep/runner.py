@@ -1,0 +1,351 @@
+"""`ftray sweep`: Ray Tune runs the trials, Optuna proposes configurations, ASHA stops poor
+trials, and the driver records everything in MLflow and registers the winner."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ftray.config.spec import Spec
+from ftray.errors import InputError
+from ftray.log import get_logger
+from ftray.sweep.callback import RecordTrials
+from ftray.sweep.objectives import TrialOutcome, choose_winner, pareto_front, ranked
+from ftray.sweep.register import register_winner
+from ftray.sweep.searcher import build_scheduler, build_searcher
+from ftray.sweep.storage import StorageGuard, guard_shared_storage, storage_problem
+from ftray.tasks import Task
+from ftray.tracking.recorder import SweepRecorder
+from ftray.tracking.registry import Registration
+from ftray.tracking.store import latest_sweep_run, log_params, safe_params, tracking_uri
+from ftray.tracking.tags import (
+    OBJECTIVES,
+    OPTUNA_STUDY,
+    PARETO,
+    ROLE,
+    SELECT,
+    SELECTION,
+    SPEC_SHA256,
+    TUNE_EXPERIMENT,
+    TrialStatus,
+)
+from ftray.training.trial import prepare_base
+
+RESULTS_DIR = "ray_results"
+log = get_logger()
+
+
+@dataclass
+class SweepResult:
+    """What a sweep produced."""
+
+    parent_run_id: str
+    experiment_path: str
+    outcomes: list[TrialOutcome]
+    registration: Registration | None
+    tracking_uri: str
+    unregistered_reason: str | None = None
+
+
+class NothingToResume(Exception):
+    """`--resume` found the last sweep already finished."""
+
+
+class SweepInterrupted(Exception):
+    """The sweep was stopped (SIGINT, `ray job stop`) before every trial finished; Tune saved its state."""
+
+
+def init_ray() -> None:
+    """Join the cluster named by RAY_ADDRESS (as under `ray job submit`), else start a local Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        # A Ray of our own serves this machine only: keep it on loopback.
+        ray.init(
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+            _node_ip_address="127.0.0.1",
+        )
+
+
+def tune_storage_path(spec: Spec) -> str:
+    """Ray Tune's storage_path: `storage.tune_path`, else ./ray_results."""
+    return spec.storage.tune_path or str(Path(RESULTS_DIR).resolve())
+
+
+def make_trainable_for(spec: Spec, finished: dict[str, dict[str, Any]] | None = None) -> Any:
+    """The Tune trainable (imported late: it pulls in the training stack)."""
+    from ftray.sweep.trainable import make_trainable
+
+    return make_trainable(spec, finished)
+
+
+def build_tuner(
+    spec: Spec,
+    callback: RecordTrials,
+    experiment_name: str,
+    study_name: str,
+    stopper: StorageGuard | None = None,
+) -> Any:
+    """A fresh Tuner for the sweep."""
+    from ray import tune
+
+    assert spec.search is not None
+    return tune.Tuner(
+        make_trainable_for(spec),
+        tune_config=tune.TuneConfig(
+            search_alg=build_searcher(spec, study_name),
+            scheduler=build_scheduler(spec),
+            num_samples=spec.search.num_trials,
+            max_concurrent_trials=spec.search.max_concurrent_trials,
+        ),
+        run_config=tune.RunConfig(
+            name=experiment_name,
+            storage_path=tune_storage_path(spec),
+            callbacks=[callback],
+            stop=stopper,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            failure_config=tune.FailureConfig(max_failures=0),
+            verbose=0,
+        ),
+    )
+
+
+def restore_tuner(spec: Spec, recorder: SweepRecorder, experiment_path: str) -> Any:
+    """The interrupted sweep's Tuner: unfinished and errored trials resume, finished ones stay.
+
+    Tune restores the callback it saved with the experiment; that callback finds this
+    driver's `recorder` by the parent run id it carries.
+    """
+    from ray import tune
+
+    if not tune.Tuner.can_restore(experiment_path):
+        raise RuntimeError(f"no Ray Tune state to resume at {experiment_path}")
+    return tune.Tuner.restore(
+        experiment_path,
+        make_trainable_for(spec, recorder.finished_results()),
+        resume_unfinished=True,
+        resume_errored=True,
+    )
+
+
+def error_summary(error: BaseException | None) -> str | None:
+    """The last non-empty line of a trial's error (Ray wraps the trial's own exception)."""
+    if error is None:
+        return None
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
+def collect_outcomes(spec: Spec, grid: Any, recorder: SweepRecorder) -> list[TrialOutcome]:
+    """Every trial, best first by the select rule (the first objective without one)."""
+    assert spec.search is not None
+    outcomes = []
+    for result in grid:
+        metrics = dict(result.metrics or {})
+        trial_id = metrics.get("trial_id") or Path(result.path).name
+        record = recorder.records.get(trial_id)
+        if record is not None:
+            status = record.status
+        else:
+            status = TrialStatus.FAILED if result.error else TrialStatus.KILLED
+        outcomes.append(
+            TrialOutcome(
+                trial_id=trial_id,
+                run_id=record.run_id if record else "",
+                status=status,
+                metrics={
+                    k: float(v)
+                    for k, v in metrics.items()
+                    if isinstance(v, int | float) and not isinstance(v, bool)
+                },
+                epochs=int(metrics.get("epoch", 0)),
+                config=dict(result.config or {}),
+                checkpoint=result.checkpoint,
+                error=error_summary(result.error),
+            )
+        )
+    return ranked(outcomes, spec.search.selection)
+
+
+def record_search_settings(spec: Spec, client: Any, parent_id: str) -> None:
+    """The search section on the parent run: params, and the objectives/select rule as tags
+    (the leaderboard ranks by these, whatever the spec says later)."""
+    assert spec.search is not None
+    search = spec.search
+    params = safe_params(
+        {
+            f"search.{k}": v
+            for k, v in search.model_dump(exclude={"space", "objectives", "select"}).items()
+            if v is not None
+        }
+    )
+    params |= safe_params(
+        {
+            f"space.{k}": d.model_dump(by_alias=True, exclude_none=True)
+            for k, d in search.space.items()
+        }
+    )
+    log_params(client, parent_id, params)
+    client.set_tag(parent_id, OBJECTIVES, json.dumps([g.model_dump() for g in search.goals]))
+    if search.select is not None:
+        client.set_tag(parent_id, SELECT, json.dumps(search.select.model_dump()))
+
+
+def tag_pareto_front(spec: Spec, client: Any, outcomes: list[TrialOutcome]) -> None:
+    """With several objectives: `ftray.pareto` = true | false on every trial's run."""
+    assert spec.search is not None
+    if len(spec.search.goals) < 2:
+        return
+    front = pareto_front(outcomes, spec.search.goals)
+    for outcome in outcomes:
+        if outcome.run_id:
+            client.set_tag(outcome.run_id, PARETO, str(outcome.trial_id in front).lower())
+    log.info(f"Pareto front of the completed trials: {', '.join(sorted(front)) or 'empty'}")
+
+
+def log_sweep_plots(spec: Spec, client: Any, parent_id: str, outcomes: list[TrialOutcome]) -> None:
+    """The sweep's plots (history, importances, parallel coordinates, Pareto front) on the parent run."""
+    import matplotlib.pyplot as plt
+
+    from ftray.sweep.plots import sweep_figures
+
+    for name, figure in sweep_figures(spec, outcomes):
+        client.log_figure(parent_id, figure, f"plots/{name}.png")
+        plt.close(figure)
+
+
+def open_parent_run(spec: Spec, client: Any, storage_root: str) -> tuple[str, Any]:
+    """(experiment id, the new parent run) of a new sweep keeping Tune's state under `storage_root`."""
+    experiment = client.get_experiment_by_name(spec.name)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(spec.name)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    experiment_name = f"{spec.name}-{stamp}"
+    parent = client.create_run(
+        experiment_id,
+        run_name=f"sweep-{stamp}",
+        tags={
+            ROLE: "sweep",
+            SPEC_SHA256: spec.source.sha256,
+            TUNE_EXPERIMENT: f"{storage_root}/{experiment_name}",
+            OPTUNA_STUDY: experiment_name,
+        },
+    )
+    return experiment_id, parent
+
+
+def run_sweep(spec: Spec, task: Task, resume: bool = False, force: bool = False) -> SweepResult:
+    """Run (or resume) the sweep of a spec checked by `prepare_sweep`; every MLflow run it
+    opens is closed whatever happens."""
+    # Trials checkpoint every epoch; Tune's advice to checkpoint less is noise here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Save Tune's experiment state often (default: at most every 10 s), so a killed driver
+    # loses little: trials it had just started but never saved are replaced on resume.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+    # Tune's newer console output prints a configuration box and a TensorBoard hint to
+    # stdout whatever `verbose` says; the classic reporter honours verbose=0.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    import mlflow
+    from mlflow import MlflowClient
+
+    assert spec.search is not None
+    log.info(f"preparing data and base model for {spec.name}")
+    base = prepare_base(spec, task)  # the tiny model is built once, here, not per trial
+
+    uri = tracking_uri(spec)
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    init_ray()
+    if resume:
+        parent = latest_sweep_run(client, spec)
+        if parent is None:
+            raise InputError.at(
+                spec.source.path,
+                None,
+                f"no earlier sweep of '{spec.name}' at {uri} to resume; run without --resume",
+            )
+        if parent.info.status == "FINISHED":
+            raise NothingToResume(parent.info.run_id)
+        experiment_id = parent.info.experiment_id
+        storage_root = parent.data.tags[TUNE_EXPERIMENT].rsplit("/", 1)[0]
+        guard = guard_shared_storage(spec, storage_root)
+        client.update_run(parent.info.run_id, status="RUNNING")
+    else:
+        storage_root = tune_storage_path(spec).rstrip("/")
+        guard = guard_shared_storage(spec, storage_root)
+        experiment_id, parent = open_parent_run(spec, client, storage_root)
+    parent_id = parent.info.run_id
+    experiment_path = parent.data.tags[TUNE_EXPERIMENT]
+    recorder = SweepRecorder(uri, experiment_id, parent_id, spec)
+    status = "FAILED"
+    try:
+        if resume:
+            orphans = recorder.adopt_existing_runs()
+            log.info(
+                f"resuming sweep {parent.info.run_name} from {experiment_path}: "
+                f"{recorder.finished_count()} trials finished, {orphans} orphaned run(s) marked KILLED"
+            )
+            tuner = restore_tuner(spec, recorder, experiment_path)
+        else:
+            record_search_settings(spec, client, parent_id)
+            callback = RecordTrials(parent_id, storage_root)
+            tuner = build_tuner(
+                spec,
+                callback,
+                experiment_path.rsplit("/", 1)[1],
+                parent.data.tags[OPTUNA_STUDY],
+                guard,
+            )
+        search = spec.search
+        log.info(
+            f"sweep {spec.name}: {search.num_trials} trials, {search.max_concurrent_trials} at a "
+            f"time, {search.scheduler} on {search.primary}; "
+            f"{'objectives ' if len(search.goals) > 1 else ''}"
+            f"{', '.join(str(g) for g in search.goals)}; MLflow at {uri}"
+        )
+        grid = tuner.fit()
+        blind = StorageGuard.problem_for(storage_root)
+        if blind:
+            raise InputError([storage_problem(spec, blind)])
+        outcomes = collect_outcomes(spec, grid, recorder)
+        terminal = [o for o in outcomes if o.status.finished or o.status is TrialStatus.FAILED]
+        if len(terminal) < search.num_trials:
+            status = "KILLED"
+            raise SweepInterrupted(experiment_path)
+        tag_pareto_front(spec, client, outcomes)
+        registration, reason = None, None
+        winner = choose_winner(outcomes, search.selection)
+        if winner is not None:
+            registration = register_winner(
+                spec, client, parent_id, winner, base, task.dataset_sha256, force=force
+            )
+        elif any(o.status.finished for o in outcomes) and search.selection.where:
+            reason = (
+                f"no finished trial meets search.select ({search.selection}); nothing registered"
+            )
+            client.set_tag(parent_id, SELECTION, "none")
+            log.warning(reason)
+        else:
+            log.warning("no trial finished with a checkpoint; nothing registered")
+        log_sweep_plots(spec, client, parent_id, outcomes)
+        status = "FINISHED"
+        return SweepResult(parent_id, grid.experiment_path, outcomes, registration, uri, reason)
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        if guard is not None:
+            guard.close()
+        recorder.close_open_runs("KILLED" if status != "FAILED" else "FAILED")
+        recorder.release()
+        client.set_terminated(parent_id, status)

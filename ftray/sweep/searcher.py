@@ -1,0 +1,53 @@
+"""Optuna proposes (TPE, multi-objective when the spec has several objectives); ASHA stops
+(on the first objective). Each layer decides one thing: Optuna's own pruner stays off."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ftray.config.spec import Spec
+from ftray.sweep.space import max_epochs, optuna_space
+
+
+def build_searcher(spec: Spec, study_name: str | None = None) -> Any:
+    """OptunaSearch (TPE seeded by train.seed) over the spec's space.
+
+    With several objectives it gets lists of metrics and modes (Optuna multi-objective; Tune
+    then reports only final results to it). With `storage.optuna_url` the study lives in that
+    database under `study_name`, so it outlives the driver and can be read afterwards.
+    """
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    assert spec.search is not None
+    goals = spec.search.goals
+    storage = (
+        optuna.storages.RDBStorage(spec.storage.optuna_url) if spec.storage.optuna_url else None
+    )
+    several = len(goals) > 1
+    return OptunaSearch(
+        space=optuna_space(spec),
+        metric=[g.metric for g in goals] if several else goals[0].metric,
+        mode=[g.mode for g in goals] if several else goals[0].mode,
+        sampler=optuna.samplers.TPESampler(seed=spec.train.seed),
+        storage=storage,
+        study_name=study_name if storage is not None else None,
+    )
+
+
+def build_scheduler(spec: Spec) -> Any:
+    """ASHA on the first objective with the epoch as time, or FIFO (no early stopping)."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    assert spec.search is not None
+    if spec.search.scheduler == "fifo":
+        return FIFOScheduler()
+    primary = spec.search.primary
+    return ASHAScheduler(
+        time_attr="epoch",
+        metric=primary.metric,
+        mode=primary.mode,
+        max_t=max_epochs(spec),
+        grace_period=1,
+        reduction_factor=2,
+    )

@@ -1,0 +1,74 @@
+"""The role every task kind plays: how its data becomes training rows, held-out prompts and
+metrics. A kind is one module with a `TaskConfig` subclass and a `Task` subclass, plus one
+line in the registry (`ftray.tasks.BUILTIN_TASKS`, or `register_task` for a plugin)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ftray.config.task import TaskConfig
+
+if TYPE_CHECKING:
+    from ftray.config.spec import Spec
+
+Message = dict[str, str]
+Row = dict[str, list[Message]]
+LOSS_METRICS = ("train_loss", "eval_loss")
+
+
+@dataclass(frozen=True)
+class EvalCase:
+    """One held-out prompt to answer greedily, with what a right answer looks like."""
+
+    messages: list[Message]
+    condition: str
+    expected: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Task(ABC):
+    """A task kind's data and scoring.
+
+    Rows are TRL "prompt-completion" conversations: ``{"prompt": [user message],
+    "completion": [assistant message]}``, so the trainer puts loss on completions only.
+    `from_spec` reads and checks the data, raising `InputError` with file:line for every bad
+    row; nothing here loads a model.
+    """
+
+    config_class: ClassVar[type[TaskConfig]]
+    dataset_sha256: str
+    max_new_tokens: int
+
+    @classmethod
+    @abstractmethod
+    def from_spec(cls, spec: Spec) -> Task:
+        """Read and validate the data the spec's `task:` section names."""
+
+    @abstractmethod
+    def corpus(self) -> list[str]:
+        """Every text the model will see, for training the tiny model's tokenizer."""
+
+    @abstractmethod
+    def train_rows(self) -> list[Row]:
+        """The training mix, already shuffled by the spec's seed."""
+
+    @abstractmethod
+    def eval_rows(self) -> list[Row]:
+        """Held-out rows in the training format, for eval_loss."""
+
+    @abstractmethod
+    def eval_cases(self) -> list[EvalCase]:
+        """Held-out prompts whose greedy answers are scored."""
+
+    @abstractmethod
+    def score(
+        self, cases: list[EvalCase], responses: list[str]
+    ) -> tuple[dict[str, float], list[dict[str, Any]]]:
+        """Metrics over all cases (every metric, even with no cases), and one sample record
+        per case (prompt, response, correct)."""
+
+    def metric_names(self) -> list[str]:
+        """Every metric a trial of this task reports: the losses, then what `score` reports."""
+        return [*LOSS_METRICS, *self.score([], [])[0]]

@@ -1,0 +1,130 @@
+"""The leaderboard: trials of a spec's latest sweep, best first, read back from MLflow.
+
+Ranked by what the sweep recorded on its parent run (its objectives and select rule), so
+editing the spec afterwards does not re-rank a finished sweep.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from ftray.config.search import Objective, SelectRule
+from ftray.config.spec import Spec
+from ftray.tracking.store import child_runs, latest_sweep_run
+from ftray.tracking.tags import OBJECTIVES, PARETO, SELECT, TRIAL_ID, TRIAL_STATUS, TrialStatus
+
+STATUS_RANK = {TrialStatus.COMPLETED.value: 0, TrialStatus.PRUNED.value: 1}
+
+
+def rank_key(status: str, metrics: Mapping[str, Any], rule: SelectRule) -> tuple[int, int, float]:
+    """Sort key: completed trials first, then pruned, then the rest (no value last); within
+    each, trials meeting the rule's `where` first, best on the rule's metric first."""
+    value = metrics.get(rule.metric, math.nan)
+    value = float(value) if isinstance(value, int | float) else math.nan
+    if math.isnan(value):
+        return (3, 1, math.inf)
+    return (
+        STATUS_RANK.get(status, 2),
+        0 if rule.admits(metrics) else 1,
+        rule.objective.sort_key(value),
+    )
+
+
+def recorded_search(parent: Any, spec: Spec) -> tuple[tuple[Objective, ...], SelectRule]:
+    """The objectives and select rule the sweep `parent` ran with (the spec's if unrecorded)."""
+    tags = parent.data.tags
+    if OBJECTIVES in tags:
+        goals = tuple(Objective.model_validate(g) for g in json.loads(tags[OBJECTIVES]))
+        rule = (
+            SelectRule.model_validate(json.loads(tags[SELECT]))
+            if SELECT in tags
+            else SelectRule(metric=goals[0].metric, mode=goals[0].mode)
+        )
+        return goals, rule
+    assert spec.search is not None
+    return spec.search.goals, spec.search.selection
+
+
+def describe_search(goals: tuple[Objective, ...], rule: SelectRule) -> str:
+    """`max trigger_score`, or the objectives and the select rule when there is more to say."""
+    text = ", ".join(str(goal) for goal in goals)
+    if len(goals) == 1 and rule.objective == goals[0] and not rule.where:
+        return text
+    return f"objectives {text}; select {rule}"
+
+
+def leaderboard_rows(
+    client: Any, spec: Spec, parent: Any, goals: tuple[Objective, ...], rule: SelectRule
+) -> list[dict[str, Any]]:
+    """One row per trial of the sweep `parent`, best first (failed trials last)."""
+    assert spec.search is not None
+    rows = []
+    for run in child_runs(client, parent):
+        metrics = run.data.metrics
+        row: dict[str, Any] = {
+            "trial": run.data.tags.get(TRIAL_ID, run.info.run_id[:8]),
+            "status": run.data.tags.get(TRIAL_STATUS, run.info.status.lower()),
+        }
+        for metric in dict.fromkeys([*(g.metric for g in goals), rule.metric]):
+            row[metric] = metrics.get(metric, math.nan)
+        if len(goals) > 1:
+            row["pareto"] = {"true": "yes", "false": "no"}.get(run.data.tags.get(PARETO, ""), "-")
+        row["epochs"] = int(metrics.get("epoch", 0))
+        for path in spec.search.space:
+            row[path] = run.data.params.get(path, "")
+        row["run_id"] = run.info.run_id
+        row["_key"] = rank_key(row["status"], metrics, rule)
+        rows.append(row)
+    return sorted(rows, key=lambda row: row["_key"])
+
+
+def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """A plain-text table with a header and aligned columns."""
+
+    def cell(value: Any) -> str:
+        if (
+            isinstance(value, str)
+            and value.replace(".", "", 1).replace("e-", "", 1).isdigit()
+            and "." in value
+        ):
+            value = float(value)  # params come back from MLflow as text
+        if isinstance(value, float):
+            return "-" if math.isnan(value) else f"{value:.4g}"
+        return str(value)
+
+    body = [[cell(row.get(c, "")) for c in columns] for row in rows]
+    widths = [
+        max(len(c), *(len(r[i]) for r in body)) if body else len(c) for i, c in enumerate(columns)
+    ]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in body]
+    return "\n".join(lines)
+
+
+def render_leaderboard(client: Any, spec: Spec) -> str | None:
+    """The leaderboard text for the spec's latest sweep, or None if it never ran."""
+    parent = latest_sweep_run(client, spec)
+    if parent is None or spec.search is None:
+        return None
+    goals, rule = recorded_search(parent, spec)
+    rows = leaderboard_rows(client, spec, parent, goals, rule)
+    metrics = list(dict.fromkeys([*(g.metric for g in goals), rule.metric]))
+    pareto = ["pareto"] if len(goals) > 1 else []
+    columns = ["rank", "trial", "status", *metrics, *pareto, "epochs", *spec.search.space]
+    for rank, row in enumerate(rows, start=1):
+        row["rank"] = rank
+    title = (
+        f"sweep {parent.info.run_name} ({parent.info.run_id}), {len(rows)} trials, "
+        f"{describe_search(goals, rule)}"
+    )
+    text = title + "\n" + format_table(rows, columns)
+    if pareto:
+        text += (
+            "\npareto: yes = on the Pareto front of the completed trials; trials stopped early "
+            "(pruned) were measured at fewer epochs and are never on it"
+        )
+    return text

@@ -1,0 +1,220 @@
+"""The child runs of one sweep: created, filled and closed from the driver.
+
+Trials never talk to MLflow themselves: the sweep layer turns Ray Tune's trial events into
+calls on the sweep's `SweepRecorder`, in the driver process, so concurrent trials can never
+meet a locked SQLite file, and a trial that dies cannot leave its run RUNNING. Nothing here
+knows Ray.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from ftray.config.spec import Spec
+from ftray.log import get_logger
+from ftray.tracking.store import (
+    child_runs,
+    log_metrics,
+    log_params,
+    log_samples_table,
+    trial_params,
+)
+from ftray.tracking.tags import (
+    PARENT_RUN_ID,
+    PLACEMENT,
+    ROLE,
+    TRIAL_ERROR,
+    TRIAL_ID,
+    TRIAL_STATUS,
+    TrialStatus,
+)
+
+log = get_logger()
+
+# Keys of a Tune result that are bookkeeping, not metrics of the trial.
+_NOT_METRICS = {
+    "epochs_planned",
+    "training_iteration",
+    "time_this_iter_s",
+    "time_total_s",
+    "timestamp",
+    "time_since_restore",
+    "iterations_since_restore",
+    "pid",
+    "done",
+}
+
+
+@dataclass
+class TrialRecord:
+    """What the driver knows of one trial's child run."""
+
+    run_id: str
+    planned_epochs: int
+    status: TrialStatus = TrialStatus.RUNNING
+    last_result: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def epochs(self) -> int:
+        """Epochs the trial reported."""
+        return int(self.last_result.get("epoch", 0))
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+class SweepRecorder:
+    """One child run per trial of the sweep whose parent run is `parent_run_id`.
+
+    Recorders are kept per process by parent run id (`for_sweep`), so whatever object
+    delivers Tune's events (a callback restored from Tune's saved state included) reaches
+    the live recorder of this driver.
+    """
+
+    _live: ClassVar[dict[str, SweepRecorder]] = {}
+
+    def __init__(self, uri: str, experiment_id: str, parent_run_id: str, spec: Spec) -> None:
+        from mlflow import MlflowClient
+
+        self.uri = uri
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.spec = spec
+        self.client = MlflowClient(uri)
+        self.records: dict[str, TrialRecord] = {}
+        self._live[parent_run_id] = self
+
+    @classmethod
+    def for_sweep(cls, parent_run_id: str) -> SweepRecorder:
+        """The recorder of a sweep running in this process."""
+        return cls._live[parent_run_id]
+
+    def release(self) -> None:
+        """Forget this recorder (the sweep is over)."""
+        self._live.pop(self.parent_run_id, None)
+
+    def adopt_existing_runs(self) -> int:
+        """On resume: take over the parent's child runs; close the ones a dead driver left open.
+
+        Returns how many orphaned runs were marked KILLED.
+        """
+        orphans = 0
+        parent = self.client.get_run(self.parent_run_id)
+        for run in child_runs(self.client, parent):
+            trial_id = run.data.tags.get(TRIAL_ID)
+            if not trial_id:
+                continue
+            status = TrialStatus(run.data.tags.get(TRIAL_STATUS, TrialStatus.RUNNING.value))
+            if run.info.status == "RUNNING":
+                self.client.set_tag(run.info.run_id, TRIAL_STATUS, TrialStatus.KILLED.value)
+                self.client.set_terminated(run.info.run_id, "KILLED")
+                status, orphans = TrialStatus.KILLED, orphans + 1
+            planned = int(run.data.params.get("train.epochs", self.spec.train.epochs))
+            record = TrialRecord(run.info.run_id, planned, status)
+            if status.finished:
+                record.last_result = dict(run.data.metrics)
+            self.records[trial_id] = record
+        return orphans
+
+    def finished_results(self) -> dict[str, dict[str, Any]]:
+        """Last metrics of every trial whose run already finished (they must not run again)."""
+        return {tid: r.last_result for tid, r in self.records.items() if r.status.finished}
+
+    def finished_count(self) -> int:
+        """Trials that completed or were pruned (failed ones are not finished)."""
+        return sum(r.status.finished for r in self.records.values())
+
+    def record(self, trial_id: str, config: dict[str, Any]) -> TrialRecord:
+        """The trial's record, creating its child run (or reopening a killed one) first."""
+        record = self.records.get(trial_id)
+        if record is not None and record.status in (TrialStatus.KILLED, TrialStatus.FAILED):
+            # A trial the previous driver left unfinished, now resumed by Tune: reopen its run.
+            self.client.update_run(record.run_id, status="RUNNING")
+            self.client.set_tag(record.run_id, TRIAL_STATUS, TrialStatus.RUNNING.value)
+            record.status = TrialStatus.RUNNING
+            log.info(f"trial {trial_id} resumed")
+        if record is None:
+            run = self.client.create_run(
+                self.experiment_id,
+                run_name=f"trial-{trial_id}",
+                tags={
+                    PARENT_RUN_ID: self.parent_run_id,
+                    TRIAL_ID: trial_id,
+                    ROLE: "trial",
+                    TRIAL_STATUS: TrialStatus.RUNNING.value,
+                },
+            )
+            log_params(self.client, run.info.run_id, trial_params(self.spec, config))
+            planned = self.spec.with_values(config).train.epochs
+            record = TrialRecord(run.info.run_id, planned)
+            self.records[trial_id] = record
+            shown = ", ".join(f"{k}={_short(v)}" for k, v in config.items())
+            log.info(f"trial {trial_id} started: {shown}")
+        return record
+
+    def trial_result(self, trial_id: str, config: dict[str, Any], result: dict[str, Any]) -> None:
+        """Log one epoch's metrics (step = epoch) and, on the first, where the trial runs."""
+        record = self.record(trial_id, config)
+        if not record.last_result:
+            for key, tag in PLACEMENT.items():
+                if key in result:
+                    self.client.set_tag(record.run_id, tag, str(result[key]))
+        record.last_result = result
+        epoch = int(result.get("epoch", result.get("training_iteration", 0)))
+        metrics = {
+            k: v
+            for k, v in result.items()
+            if k not in _NOT_METRICS and isinstance(v, int | float) and not isinstance(v, bool)
+        }
+        log_metrics(self.client, record.run_id, metrics, step=epoch)
+        shown = " ".join(
+            f"{goal.metric}={_short(result.get(goal.metric))}"
+            for goal in (self.spec.search.goals if self.spec.search else ())
+        )
+        done = sum(r.status != TrialStatus.RUNNING for r in self.records.values())
+        total = self.spec.search.num_trials if self.spec.search else 1
+        log.info(
+            f"trial {trial_id} epoch {epoch}/{record.planned_epochs} {shown} "
+            f"({done}/{total} trials done)"
+        )
+
+    def trial_finished(
+        self,
+        trial_id: str,
+        config: dict[str, Any],
+        status: TrialStatus,
+        samples_file: Path | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Close the trial's run: FINISHED when completed or pruned, FAILED otherwise."""
+        record = self.record(trial_id, config)
+        record.status = status
+        self.client.set_tag(record.run_id, TRIAL_STATUS, status.value)
+        if error:
+            self.client.set_tag(record.run_id, TRIAL_ERROR, error[:5000])
+        try:
+            if samples_file is not None and samples_file.exists():
+                log_samples_table(self.client, record.run_id, samples_file)
+        finally:
+            self.client.set_terminated(record.run_id, "FINISHED" if status.finished else "FAILED")
+        log.info(f"trial {trial_id} {status} after {record.epochs}/{record.planned_epochs} epochs")
+
+    def log_already_finished(self, trial_id: str) -> None:
+        """Say that Tune restored a trial MLflow already holds as finished (not run again)."""
+        log.info(f"trial {trial_id} had already finished; not run again")
+
+    def close_open_runs(self, run_status: str = "KILLED") -> None:
+        """End every child run still open (the sweep stopped or crashed)."""
+        status = TrialStatus.FAILED if run_status == "FAILED" else TrialStatus.KILLED
+        for record in self.records.values():
+            if record.status == TrialStatus.RUNNING:
+                record.status = status
+                with contextlib.suppress(Exception):
+                    self.client.set_tag(record.run_id, TRIAL_STATUS, status.value)
+                self.client.set_terminated(record.run_id, run_status)

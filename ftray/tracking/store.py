@@ -1,0 +1,93 @@
+"""The MLflow tracking store of a spec, and the small writes and reads every layer shares."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from ftray.config.spec import Spec, flatten
+from ftray.tracking.tags import PARENT_RUN_ID, ROLE
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+_SECRET_KEY = re.compile(r"(token|password|passwd|secret|api[_-]?key|credential)", re.IGNORECASE)
+
+
+def tracking_uri(spec: Spec) -> str:
+    """MLFLOW_TRACKING_URI, else the spec's tracking.uri, else sqlite:///mlflow.db."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or spec.tracking.uri or DEFAULT_TRACKING_URI
+
+
+def safe_params(values: dict[str, Any]) -> dict[str, str]:
+    """Parameters fit for logging: no key that names a secret, values as strings."""
+    return {k: str(v)[:6000] for k, v in values.items() if not _SECRET_KEY.search(k)}
+
+
+def trial_params(spec: Spec, config: dict[str, Any]) -> dict[str, str]:
+    """The trial's effective flattened config."""
+    return safe_params(flatten(spec.with_values(config)))
+
+
+def log_params(client: Any, run_id: str, params: dict[str, str]) -> None:
+    """Log parameters in batches MLflow accepts."""
+    from mlflow.entities import Param
+
+    items = [Param(k, v) for k, v in params.items()]
+    for start in range(0, len(items), 90):
+        client.log_batch(run_id, params=items[start : start + 90])
+
+
+def log_metrics(client: Any, run_id: str, metrics: dict[str, Any], step: int) -> None:
+    """Log numeric metrics at `step` in one batch."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    batch = [
+        Metric(key=k, value=float(v), timestamp=now, step=step)
+        for k, v in metrics.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    ]
+    for start in range(0, len(batch), 900):
+        client.log_batch(run_id, metrics=batch[start : start + 900])
+
+
+def log_samples_table(client: Any, run_id: str, samples_file: Path) -> None:
+    """The per-prompt samples as an MLflow table (viewable side by side in the UI)."""
+    rows = [json.loads(line) for line in samples_file.read_text().splitlines() if line.strip()]
+    if not rows:
+        return
+    columns = list(rows[0])
+    table = {
+        c: [
+            r.get(c) if isinstance(r.get(c), str | int | float | bool) else json.dumps(r.get(c))
+            for r in rows
+        ]
+        for c in columns
+    }
+    client.log_table(run_id, data=table, artifact_file="samples.json")
+
+
+def latest_sweep_run(client: Any, spec: Spec) -> Any | None:
+    """The most recent parent run of the spec's experiment, or None."""
+    experiment = client.get_experiment_by_name(spec.name)
+    if experiment is None:
+        return None
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`{ROLE}` = 'sweep'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0] if runs else None
+
+
+def child_runs(client: Any, parent: Any) -> list[Any]:
+    """Every child run of the parent run `parent`."""
+    return client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.`{PARENT_RUN_ID}` = '{parent.info.run_id}'",
+        max_results=5000,
+    )

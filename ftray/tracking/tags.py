@@ -1,0 +1,62 @@
+"""Every name ftray writes into MLflow: its own `ftray.*` tags and the trial statuses.
+
+MLflow's own tags come from `mlflow.utils.mlflow_tags`; the experiment-kind tag the UI reads
+has no constant there, so it is named here.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+PARENT_RUN_ID = MLFLOW_PARENT_RUN_ID
+
+ROLE = "ftray.role"
+"""`sweep` on a parent run, `trial` on a child run."""
+TRIAL_ID = "ftray.trial_id"
+TRIAL_STATUS = "ftray.trial_status"
+TRIAL_ERROR = "ftray.error"
+BACKEND = "ftray.backend"
+NODE_ID = "ftray.node_id"
+GPU_IDS = "ftray.gpu_ids"
+PARETO = "ftray.pareto"
+"""With several objectives: `true` on child runs on the Pareto front of finished trials."""
+
+SPEC_SHA256 = "ftray.spec_sha256"
+OBJECTIVES = "ftray.objectives"
+"""JSON list of {metric, mode}: what the sweep optimised."""
+SELECT = "ftray.select"
+"""JSON {metric, mode, where}: which finished trial the sweep registers."""
+SELECTION = "ftray.selection"
+"""`none` when no finished trial met the select rule (nothing registered)."""
+TUNE_EXPERIMENT = "ftray.tune_experiment"
+OPTUNA_STUDY = "ftray.optuna_study"
+REGISTERED_VERSION = "ftray.registered_version"
+LINEAGE_PREFIX = "ftray."
+"""Lineage tags on a registered version: ftray.base_model, ftray.dataset_sha256, ..."""
+
+PLACEMENT = {"backend": BACKEND, "node_id": NODE_ID, "gpu_ids": GPU_IDS}
+"""Keys a trial reports about where it ran -> the child-run tag that records each."""
+
+
+class TrialStatus(str, Enum):
+    """What happened to a trial (the `ftray.trial_status` tag of its child run)."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    """Trained every epoch it was given."""
+    PRUNED = "pruned"
+    """Stopped early by the scheduler (ASHA)."""
+    FAILED = "failed"
+    """Raised, or was stopped because its node could not run it."""
+    KILLED = "killed"
+    """Left open by a driver that died; Tune may run the trial again on resume."""
+
+    @property
+    def finished(self) -> bool:
+        """Completed or pruned: it has results and is never run again."""
+        return self in (TrialStatus.COMPLETED, TrialStatus.PRUNED)
+
+    def __str__(self) -> str:
+        return self.value

@@ -1,0 +1,84 @@
+"""The Trainer callback that turns every epoch into an `EpochReport`: mean training loss,
+the Trainer's eval loss, the task's behaviour metrics on held-out prompts, and the adapter.
+
+Imports transformers: import this module only after the backend has loaded the model
+(Unsloth must be imported before transformers).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from ftray.config.spec import Spec
+from ftray.log import get_logger
+from ftray.models.backend import Backend
+from ftray.tasks import Task
+from ftray.training.evaluate import evaluate
+from ftray.training.report import EpochHook, EpochReport
+
+log = get_logger()
+
+
+class EpochEvaluation(TrainerCallback):
+    """After the Trainer's evaluation of each epoch: score behaviour, save the adapter under
+    `out/checkpoints/epoch-N/`, append to `out/epochs.jsonl`, and call `on_epoch` (which may
+    stop training by returning True). `reports` holds every epoch's report."""
+
+    def __init__(
+        self, spec: Spec, task: Task, backend: Backend, out: Path, on_epoch: EpochHook | None
+    ) -> None:
+        self.spec = spec
+        self.task = task
+        self.backend = backend
+        self.out = out
+        self.on_epoch = on_epoch
+        self.reports: list[EpochReport] = []
+        self.losses: list[float] = []
+        self.started = time.monotonic()
+
+    def on_log(
+        self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any
+    ) -> None:
+        if logs and "loss" in logs:
+            self.losses.append(float(logs["loss"]))
+
+    def on_evaluate(
+        self,
+        args: Any,
+        state: Any,
+        control: Any,
+        metrics: dict[str, float] | None = None,
+        *,
+        model: Any = None,
+        processing_class: Any = None,
+        **kw: Any,
+    ) -> None:
+        epoch = round(state.epoch or 0)
+        with self.backend.generation_mode(model):
+            behaviour, samples = evaluate(
+                self.task, model, processing_class, self.spec.train.batch_size * 2
+            )
+        train_loss = sum(self.losses) / len(self.losses) if self.losses else float("nan")
+        self.losses = []
+        epoch_metrics = {
+            "train_loss": train_loss,
+            "eval_loss": float((metrics or {}).get("eval_loss", float("nan"))),
+            **behaviour,
+        }
+        adapter_dir = self.out / "checkpoints" / f"epoch-{epoch}"
+        model.save_pretrained(adapter_dir)
+        processing_class.save_pretrained(adapter_dir)
+        report = EpochReport(epoch, epoch_metrics, adapter_dir, samples)
+        self.reports.append(report)
+        with (self.out / "epochs.jsonl").open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"epoch": epoch, **epoch_metrics}) + "\n")
+        shown = " ".join(f"{k}={v:.3f}" for k, v in epoch_metrics.items() if "/" not in k)
+        elapsed = time.monotonic() - self.started
+        log.info(f"epoch {epoch}/{self.spec.train.epochs} ({elapsed:.0f}s) {shown}")
+        if self.on_epoch is not None and self.on_epoch(report):
+            control.should_training_stop = True

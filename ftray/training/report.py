@@ -1,0 +1,22 @@
+"""What one epoch of a trial produced, and the hook that receives it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class EpochReport:
+    """What one epoch produced: metrics (losses + behaviour), the saved adapter and samples."""
+
+    epoch: int
+    metrics: dict[str, float]
+    adapter_dir: Path
+    samples: list[dict[str, Any]] = field(repr=False)
+
+
+EpochHook = Callable[[EpochReport], bool | None]
+"""Called after each epoch; returning True stops training early."""
