@@ -307,11 +307,15 @@ def run_sweep(spec: Spec, task: Task, resume: bool = False, force: bool = False)
                 guard,
             )
         search = spec.search
+        several = (
+            f"; objectives {', '.join(str(g) for g in search.goals)}"
+            if len(search.goals) > 1
+            else ""
+        )
         log.info(
             f"sweep {spec.name}: {search.num_trials} trials, {search.max_concurrent_trials} at a "
-            f"time, {search.scheduler} on {search.primary}; "
-            f"{'objectives ' if len(search.goals) > 1 else ''}"
-            f"{', '.join(str(g) for g in search.goals)}; MLflow at {uri}"
+            f"time, {search.scheduler} on {search.primary.metric} ({search.primary.mode})"
+            f"{several}; MLflow at {uri}"
         )
         grid = tuner.fit()
         blind = StorageGuard.problem_for(storage_root)

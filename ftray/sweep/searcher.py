@@ -20,6 +20,7 @@ def build_searcher(spec: Spec, study_name: str | None = None) -> Any:
     from ray.tune.search.optuna import OptunaSearch
 
     assert spec.search is not None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created" lines
     goals = spec.search.goals
     storage = (
         optuna.storages.RDBStorage(spec.storage.optuna_url) if spec.storage.optuna_url else None
