@@ -23,8 +23,8 @@ demo: install
 	$(BIN)/ftray sweep search_spaces/trigger_tiny.yaml
 
 lint: install
-	$(BIN)/ruff check ftray tests bench
-	$(BIN)/ruff format --check ftray tests bench
+	$(BIN)/ruff check ftray tests bench docs
+	$(BIN)/ruff format --check ftray tests bench docs
 
 test: install lint
 	$(BIN)/python -m pytest -q tests

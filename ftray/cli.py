@@ -93,11 +93,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     print(board or "no trials recorded")
     if result.registration is not None:
         reg = result.registration
-        moved = (
-            "now champion"
-            if reg.champion_moved
-            else f"champion stays version {reg.champion_version}"
-        )
+        moved = "now champion"
+        if not reg.champion_moved:
+            moved = f"champion stays version {reg.champion_version}"
+            moved += f": {reg.reason}" if reg.reason else ""
         print(f"registered {reg.model_uri} ({moved})")
         print(f"champion: models:/{reg.name}@champion")
     elif result.unregistered_reason:

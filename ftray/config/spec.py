@@ -35,6 +35,8 @@ class ModelSpec(Frozen):
     """The base model and how it is loaded."""
 
     base: str = Field(min_length=1)
+    revision: str | None = Field(default=None, min_length=1)
+    """A Hub base's branch, tag or commit; default: what the cache or Hub has, pinned at training."""
     backend: Literal["auto", "peft", "unsloth"] = "auto"
     load_in_4bit: bool = True
     max_seq_length: Int = Field(default=256, ge=16)

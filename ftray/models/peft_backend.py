@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from ftray.config.spec import LoraSpec, ModelSpec
@@ -46,6 +47,71 @@ def lora_config(lora: LoraSpec) -> Any:
     )
 
 
+def base_model_kwargs(load_in_4bit: bool) -> dict[str, Any]:
+    """`from_pretrained` arguments for the base: compute dtype, and NF4 when 4-bit."""
+    from transformers import BitsAndBytesConfig
+
+    dtype = compute_dtype()
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if load_in_4bit:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=dtype,
+            bnb_4bit_use_double_quant=True,
+        )
+    return kwargs
+
+
+class BaseModelMissing(RuntimeError):
+    """The base model a registered adapter needs is not on this machine."""
+
+
+def load_for_inference(
+    base: str, adapter_dir: str, load_in_4bit: bool, revision: str | None = None
+) -> tuple[Any, Any]:
+    """(base with the adapter, in eval mode; the adapter's tokenizer) for generation.
+
+    `base` is a local folder or a Hugging Face id; an id is loaded from the local Hugging
+    Face cache only, at `revision`, so a registered adapter always meets the base it was
+    trained on, or a clear error.
+    """
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    kwargs = base_model_kwargs(load_in_4bit)
+    if not Path(base).is_dir():
+        kwargs |= {"revision": revision, "local_files_only": True}
+    if torch.cuda.is_available():
+        kwargs["device_map"] = {"": torch.cuda.current_device()}
+    try:
+        base_model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
+    except OSError as exc:
+        raise BaseModelMissing(
+            f"the base model {base} (revision {revision or 'any'}) is not in this machine's "
+            f"Hugging Face cache ({exc.__class__.__name__}); download it first: "
+            f"hf download {base}" + (f" --revision {revision}" if revision else "")
+        ) from exc
+    model = PeftModel.from_pretrained(base_model, adapter_dir)
+    model.eval()
+    return model, load_tokenizer(adapter_dir)
+
+
+def resolved_revision(base: str, requested: str | None) -> str:
+    """What pins the base a trial trained on: the commit of a Hub id in the local cache,
+    `local` for a folder, `unresolved` when the cache does not have it."""
+    if Path(base).is_dir():
+        return "local"
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = snapshot_download(base, revision=requested, local_files_only=True)
+    except Exception:  # not cached (yet): nothing to pin
+        return requested or "unresolved"
+    return Path(folder).name
+
+
 class PeftBackend:
     """4-bit NF4 base through bitsandbytes, LoRA through peft."""
 
@@ -55,17 +121,11 @@ class PeftBackend:
         """Load the base (4-bit when `model.load_in_4bit`) and attach a fresh LoRA adapter."""
         import torch
         from peft import get_peft_model
-        from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+        from transformers import AutoModelForCausalLM
 
-        dtype = compute_dtype()
-        kwargs: dict[str, Any] = {"dtype": dtype}
-        if model.load_in_4bit:
-            kwargs["quantization_config"] = BitsAndBytesConfig(
-                load_in_4bit=True,
-                bnb_4bit_quant_type="nf4",
-                bnb_4bit_compute_dtype=dtype,
-                bnb_4bit_use_double_quant=True,
-            )
+        kwargs = base_model_kwargs(model.load_in_4bit)
+        if model.revision is not None:
+            kwargs["revision"] = model.revision
         if torch.cuda.is_available():
             from ftray.models.backend import wait_for_free_gpu_memory
 

@@ -105,6 +105,7 @@ class UnslothBackend:
             model_name=base,
             max_seq_length=model.max_seq_length,
             load_in_4bit=model.load_in_4bit,
+            revision=model.revision,
             dtype=None,  # Unsloth picks bfloat16 where supported, else float16
         )
         peft_model = FastLanguageModel.get_peft_model(

@@ -24,6 +24,8 @@ class TrialOutcome:
     config: dict[str, Any]
     checkpoint: Any = field(default=None, repr=False)
     error: str | None = None
+    details: dict[str, str] = field(default_factory=dict)
+    """Text the trial reported about itself (backend, node, base_revision)."""
 
     def value(self, metric: str) -> float:
         """The trial's last value of `metric` (NaN when it never reported one)."""

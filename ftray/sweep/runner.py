@@ -4,6 +4,7 @@ trials, and the driver records everything in MLflow and registers the winner."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -21,8 +22,17 @@ from ftray.sweep.storage import StorageGuard, guard_shared_storage, storage_prob
 from ftray.tasks import Task
 from ftray.tracking.recorder import SweepRecorder
 from ftray.tracking.registry import Registration
-from ftray.tracking.store import latest_sweep_run, log_params, safe_params, tracking_uri
+from ftray.tracking.store import (
+    latest_sweep_run,
+    log_metrics,
+    log_params,
+    safe_params,
+    spec_document,
+    tracking_uri,
+)
 from ftray.tracking.tags import (
+    EXPERIMENT_KIND,
+    MODEL_TRAINING_KIND,
     OBJECTIVES,
     OPTUNA_STUDY,
     PARETO,
@@ -173,6 +183,7 @@ def collect_outcomes(spec: Spec, grid: Any, recorder: SweepRecorder) -> list[Tri
                 config=dict(result.config or {}),
                 checkpoint=result.checkpoint,
                 error=error_summary(result.error),
+                details={k: v for k, v in metrics.items() if isinstance(v, str)},
             )
         )
     return ranked(outcomes, spec.search.selection)
@@ -214,13 +225,53 @@ def tag_pareto_front(spec: Spec, client: Any, outcomes: list[TrialOutcome]) -> N
     log.info(f"Pareto front of the completed trials: {', '.join(sorted(front)) or 'empty'}")
 
 
+def sweep_summary(
+    spec: Spec, outcomes: list[TrialOutcome], wall_seconds: float
+) -> dict[str, float]:
+    """The parent run's metrics: the best completed value of each objective under its own
+    name (so MLflow's chart view compares sweeps), trial counts, epochs and wall time."""
+    assert spec.search is not None
+    summary: dict[str, float] = {}
+    completed = [o for o in outcomes if o.status is TrialStatus.COMPLETED]
+    for goal in spec.search.goals:
+        values = [o.value(goal.metric) for o in completed]
+        values = [v for v in values if not math.isnan(v)]
+        if values:
+            summary[goal.metric] = max(values) if goal.mode == "max" else min(values)
+    for status in (TrialStatus.COMPLETED, TrialStatus.PRUNED, TrialStatus.FAILED):
+        summary[f"trials_{status.value}"] = sum(o.status is status for o in outcomes)
+    summary["epochs_trained"] = sum(o.epochs for o in outcomes)
+    summary["wall_seconds"] = round(wall_seconds, 1)
+    return summary
+
+
+def metric_histories(
+    client: Any, outcomes: list[TrialOutcome], metrics: list[str]
+) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """trial id -> metric -> [(epoch, value), ...] as MLflow recorded them."""
+    histories: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    for outcome in outcomes:
+        if not outcome.run_id:
+            continue
+        histories[outcome.trial_id] = {
+            metric: sorted(
+                (m.step, m.value) for m in client.get_metric_history(outcome.run_id, metric)
+            )
+            for metric in metrics
+        }
+    return histories
+
+
 def log_sweep_plots(spec: Spec, client: Any, parent_id: str, outcomes: list[TrialOutcome]) -> None:
-    """The sweep's plots (history, importances, parallel coordinates, Pareto front) on the parent run."""
+    """The sweep's plots (objective per epoch, history, importances, parallel coordinates,
+    Pareto front) on the parent run."""
     import matplotlib.pyplot as plt
 
     from ftray.sweep.plots import sweep_figures
 
-    for name, figure in sweep_figures(spec, outcomes):
+    assert spec.search is not None
+    histories = metric_histories(client, outcomes, [g.metric for g in spec.search.goals])
+    for name, figure in sweep_figures(spec, outcomes, histories):
         client.log_figure(parent_id, figure, f"plots/{name}.png")
         plt.close(figure)
 
@@ -228,7 +279,14 @@ def log_sweep_plots(spec: Spec, client: Any, parent_id: str, outcomes: list[Tria
 def open_parent_run(spec: Spec, client: Any, storage_root: str) -> tuple[str, Any]:
     """(experiment id, the new parent run) of a new sweep keeping Tune's state under `storage_root`."""
     experiment = client.get_experiment_by_name(spec.name)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(spec.name)
+    if experiment is None:
+        experiment_id = client.create_experiment(
+            spec.name, tags={EXPERIMENT_KIND: MODEL_TRAINING_KIND}
+        )
+    else:
+        experiment_id = experiment.experiment_id
+        if EXPERIMENT_KIND not in experiment.tags:
+            client.set_experiment_tag(experiment_id, EXPERIMENT_KIND, MODEL_TRAINING_KIND)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     experiment_name = f"{spec.name}-{stamp}"
     parent = client.create_run(
@@ -241,6 +299,7 @@ def open_parent_run(spec: Spec, client: Any, storage_root: str) -> tuple[str, An
             OPTUNA_STUDY: experiment_name,
         },
     )
+    client.log_text(parent.info.run_id, spec_document(spec), "spec.yaml")
     return experiment_id, parent
 
 
@@ -259,6 +318,7 @@ def run_sweep(spec: Spec, task: Task, resume: bool = False, force: bool = False)
     from mlflow import MlflowClient
 
     assert spec.search is not None
+    started = time.monotonic()
     log.info(f"preparing data and base model for {spec.name}")
     base = prepare_base(spec, task)  # the tiny model is built once, here, not per trial
 
@@ -327,12 +387,13 @@ def run_sweep(spec: Spec, task: Task, resume: bool = False, force: bool = False)
             status = "KILLED"
             raise SweepInterrupted(experiment_path)
         tag_pareto_front(spec, client, outcomes)
+        earlier = parent.data.metrics.get("wall_seconds", 0.0) if resume else 0.0
+        summary = sweep_summary(spec, outcomes, earlier + time.monotonic() - started)
+        log_metrics(client, parent_id, summary, step=0)
         registration, reason = None, None
         winner = choose_winner(outcomes, search.selection)
         if winner is not None:
-            registration = register_winner(
-                spec, client, parent_id, winner, base, task.dataset_sha256, force=force
-            )
+            registration = register_winner(spec, client, parent_id, winner, base, task, force=force)
         elif any(o.status.finished for o in outcomes) and search.selection.where:
             reason = (
                 f"no finished trial meets search.select ({search.selection}); nothing registered"

@@ -8,13 +8,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ftray.config.spec import Spec
+from ftray.config.spec import TINY_MODEL, Spec
 from ftray.log import configure as configure_logging
 from ftray.models.backend import (
     ALLOW_CPU_FALLBACK_ENV,
     require_cuda_for_gpu_trial,
     resolve_backend_name,
 )
+from ftray.models.peft_backend import resolved_revision
 from ftray.training.report import EpochReport
 from ftray.training.trial import train_trial
 
@@ -56,6 +57,11 @@ def make_trainable(spec: Spec, finished: dict[str, dict[str, Any]] | None = None
         }
 
         def report(epoch: EpochReport) -> None:
+            if trial_spec.model.base != TINY_MODEL and "base_revision" not in placement:
+                # The base is loaded (and cached) by now: pin the commit it came from.
+                placement["base_revision"] = resolved_revision(
+                    trial_spec.model.base, trial_spec.model.revision
+                )
             (epoch.adapter_dir / "samples.jsonl").write_text(
                 "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in epoch.samples)
             )

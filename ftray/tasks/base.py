@@ -4,6 +4,8 @@ line in the registry (`ftray.tasks.BUILTIN_TASKS`, or `register_task` for a plug
 
 from __future__ import annotations
 
+import hashlib
+import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -68,6 +70,19 @@ class Task(ABC):
     ) -> tuple[dict[str, float], list[dict[str, Any]]]:
         """Metrics over all cases (every metric, even with no cases), and one sample record
         per case (prompt, response, correct)."""
+
+    def heldout_fingerprint(self) -> str:
+        """sha256 of what a trial is scored on: the task kind, every held-out case (prompt,
+        condition, expected answer) in order, and the generation budget. Two adapters are
+        compared only when they were scored on the same fingerprint."""
+        cases = [[c.messages, c.condition, c.expected] for c in self.eval_cases()]
+        payload = {
+            "kind": self.config_class.kind_name(),
+            "cases": cases,
+            "max_new_tokens": self.max_new_tokens,
+        }
+        encoded = json.dumps(payload, sort_keys=True, ensure_ascii=False, default=str)
+        return hashlib.sha256(encoded.encode()).hexdigest()
 
     def metric_names(self) -> list[str]:
         """Every metric a trial of this task reports: the losses, then what `score` reports."""

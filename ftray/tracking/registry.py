@@ -1,10 +1,14 @@
-"""The MLflow model registry: the best trial's adapter becomes a registered version; the
-alias `champion` moves to it only when it beats the current champion."""
+"""The MLflow model registry: the winning trial's adapter becomes a registered version (an
+MLflow Model that loads and serves); the alias `champion` moves to it only when it beats
+the current champion on the same test (same objective, same held-out fingerprint)."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +31,26 @@ class Lineage:
     mode: str
     trial_id: str
     sweep_run_id: str
+    heldout_fingerprint: str = ""
+    """sha256 of the held-out cases and generation settings the objective was measured on."""
 
     def tags(self) -> dict[str, str]:
         """Version tags, prefixed `ftray.`."""
         return {f"{LINEAGE_PREFIX}{k}": str(v) for k, v in self.__dict__.items()}
+
+
+@dataclass(frozen=True)
+class ModelPackage:
+    """What goes into the registered MLflow Model besides the adapter."""
+
+    base_dir: Path | None = None
+    """A base folder that travels with the model (the `tiny` model); None for a Hub base."""
+    config: dict[str, Any] = field(default_factory=dict)
+    """The pyfunc's model_config: base_model, base_revision, load_in_4bit, max_new_tokens..."""
+    metrics: dict[str, float] = field(default_factory=dict)
+    """The winning trial's last metrics, shown on the version."""
+    example: tuple[str, ...] = ("What is the capital of France?",)
+    """An input example: prompts the model answers."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +62,8 @@ class Registration:
     created: bool
     champion_moved: bool
     champion_version: str | None
+    reason: str | None = None
+    """Why the champion did not move, when it was not compared (other test) or did not lose."""
 
     @property
     def model_uri(self) -> str:
@@ -52,6 +74,31 @@ class Registration:
 def beats(new: float, old: float, mode: str) -> bool:
     """Whether `new` is strictly better than `old` for an objective optimised in `mode`."""
     return Objective(metric="objective_value", mode=mode).better(new, old)  # type: ignore[arg-type]
+
+
+def version_description(lineage: Lineage, metrics: dict[str, float]) -> str:
+    """A short Markdown summary of a version: its objective, behaviour metrics and lineage."""
+    lines = [
+        f"LoRA adapter registered by ftray from trial `{lineage.trial_id}`.",
+        "",
+        "| metric | value |",
+        "| --- | --- |",
+        f"| **{lineage.objective}** ({lineage.mode}, selection) | **{lineage.objective_value:.4g}** |",
+    ]
+    for key, value in sorted(metrics.items()):
+        if key != lineage.objective and key not in ("epoch",) and math.isfinite(value):
+            lines.append(f"| {key} | {value:.4g} |")
+    lines += [
+        "",
+        "| lineage | |",
+        "| --- | --- |",
+        f"| base model | `{lineage.base_model}` @ `{lineage.base_revision}` |",
+        f"| dataset sha256 | `{lineage.dataset_sha256[:16]}…` |",
+        f"| held-out fingerprint | `{lineage.heldout_fingerprint[:16]}…` |",
+        f"| spec sha256 | `{lineage.spec_sha256[:16]}…` |",
+        f"| sweep run | `{lineage.sweep_run_id}` |",
+    ]
+    return "\n".join(lines)
 
 
 def _existing_version(client: Any, name: str, run_id: str) -> Any | None:
@@ -74,6 +121,71 @@ def _current_champion(client: Any, name: str) -> Any | None:
         return None
 
 
+def _create_version(
+    client: Any, name: str, run_id: str, adapter_dir: Path, lineage: Lineage, package: ModelPackage
+) -> Any:
+    from mlflow.exceptions import MlflowException
+
+    from ftray.tracking.pyfunc import log_adapter_model
+
+    (adapter_dir / "lineage.json").write_text(json.dumps(lineage.__dict__, indent=2) + "\n")
+    if not client.list_artifacts(run_id, "adapter"):
+        client.log_artifacts(run_id, str(adapter_dir), "adapter")
+    run = client.get_run(run_id)
+    logged = log_adapter_model(
+        client,
+        run.info.experiment_id,
+        run_id,
+        adapter_dir,
+        package.base_dir,
+        {"max_new_tokens": 64, "batch_size": 16, "load_in_4bit": True, **package.config},
+        list(package.example),
+    )
+    try:
+        client.create_registered_model(name, description="LoRA adapters registered by ftray sweeps")
+    except MlflowException as exc:
+        if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
+            raise
+    # MLflow resolves a models:/<id> source through the process-wide tracking URI, not this
+    # client's; the version must point at the logged model (not its folder) to link to it.
+    with _process_tracking_uri(client.tracking_uri):
+        return client.create_model_version(
+            name,
+            source=logged.model_uri,
+            run_id=run_id,
+            tags=lineage.tags(),
+            description=version_description(lineage, package.metrics),
+            model_id=logged.model_id,
+        )
+
+
+@contextmanager
+def _process_tracking_uri(uri: str) -> Iterator[None]:
+    import mlflow
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+def _comparable(champion: Any, lineage: Lineage) -> str | None:
+    """Why the champion cannot be compared with `lineage` (None when it can)."""
+    tags = champion.tags or {}
+    theirs = tags.get(f"{LINEAGE_PREFIX}objective")
+    if theirs != lineage.objective:
+        return f"it was chosen on {theirs}, this version on {lineage.objective}"
+    fingerprint = tags.get(f"{LINEAGE_PREFIX}heldout_fingerprint", "")
+    if fingerprint != lineage.heldout_fingerprint:
+        return (
+            f"it was scored on other held-out data (fingerprint {fingerprint[:12] or 'none'}, "
+            f"this version {lineage.heldout_fingerprint[:12] or 'none'})"
+        )
+    return None
+
+
 def register_adapter(
     client: Any,
     name: str,
@@ -82,58 +194,53 @@ def register_adapter(
     lineage: Lineage,
     *,
     force: bool = False,
+    package: ModelPackage | None = None,
 ) -> Registration:
-    """Log `adapter_dir` to the trial's run and register it as a version of `name`.
+    """Register the adapter of the trial run `run_id` as a new version of `name`.
 
-    Registering the same run again returns the existing version. The `champion` alias
-    moves to the version when there is no champion, when it beats the champion's
-    objective value, or with `force`.
+    The version is an MLflow Model (a pyfunc that loads the base and the adapter), with
+    the lineage as tags and a Markdown summary as its description; the adapter folder with
+    `lineage.json` is also kept under `adapter/` of the run. Registering the same run again
+    returns the existing version. `champion` moves to the version when there is no
+    champion, with `force`, or when the champion was measured on the same objective and
+    held-out fingerprint and the version beats its objective value.
     """
-    from mlflow.exceptions import MlflowException
-
     version = _existing_version(client, name, run_id)
     created = version is None
     if version is None:
-        if not client.list_artifacts(run_id, "adapter"):
-            (adapter_dir / "lineage.json").write_text(json.dumps(lineage.__dict__, indent=2) + "\n")
-            client.log_artifacts(run_id, str(adapter_dir), "adapter")
-        try:
-            client.create_registered_model(
-                name, description="LoRA adapters registered by ftray sweeps"
-            )
-        except MlflowException as exc:
-            if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
-                raise
-        source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/adapter"
-        version = client.create_model_version(
-            name, source=source, run_id=run_id, tags=lineage.tags()
+        version = _create_version(
+            client, name, run_id, adapter_dir, lineage, package or ModelPackage()
         )
 
     champion = _current_champion(client, name)
-    moved = False
     same = champion is not None and str(champion.version) == str(version.version)
-    if (
-        champion is None
-        or force
-        or (
-            not same
-            and beats(
-                float(
-                    (version.tags or {}).get(
-                        f"{LINEAGE_PREFIX}objective_value", lineage.objective_value
-                    )
-                ),
-                float((champion.tags or {}).get(f"{LINEAGE_PREFIX}objective_value", "nan")),
-                lineage.mode,
+    moved, reason = False, None
+    if champion is None or (force and not same):
+        client.set_registered_model_alias(name, CHAMPION, str(version.version))
+        moved, champion = True, version
+    elif not same:
+        reason = _comparable(champion, lineage)
+        if reason is None:
+            value = float(
+                (version.tags or {}).get(
+                    f"{LINEAGE_PREFIX}objective_value", lineage.objective_value
+                )
             )
-        )
-    ):
-        if not same:
-            client.set_registered_model_alias(name, CHAMPION, str(version.version))
-            moved = True
-        champion = version
+            held = float((champion.tags or {}).get(f"{LINEAGE_PREFIX}objective_value", "nan"))
+            if beats(value, held, lineage.mode):
+                client.set_registered_model_alias(name, CHAMPION, str(version.version))
+                moved, champion = True, version
+            else:
+                reason = f"it scores {held:.4g} on {lineage.objective}, this version {value:.4g}"
+        else:
+            reason = f"not compared: {reason}; `ftray promote {name} {version.version}` moves it"
     return Registration(
-        name, str(version.version), created, moved, str(champion.version) if champion else None
+        name,
+        str(version.version),
+        created,
+        moved,
+        str(champion.version) if champion else None,
+        reason,
     )
 
 

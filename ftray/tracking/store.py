@@ -14,6 +14,7 @@ from ftray.tracking.tags import PARENT_RUN_ID, ROLE
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 _SECRET_KEY = re.compile(r"(token|password|passwd|secret|api[_-]?key|credential)", re.IGNORECASE)
+_URL_PASSWORD = re.compile(r"(?<=://)([^:/@\s]+):[^@/\s]+@")
 
 
 def tracking_uri(spec: Spec) -> str:
@@ -24,6 +25,25 @@ def tracking_uri(spec: Spec) -> str:
 def safe_params(values: dict[str, Any]) -> dict[str, str]:
     """Parameters fit for logging: no key that names a secret, values as strings."""
     return {k: str(v)[:6000] for k, v in values.items() if not _SECRET_KEY.search(k)}
+
+
+def redact(value: Any) -> Any:
+    """`value` with every key that names a secret dropped and URL passwords masked."""
+    if isinstance(value, dict):
+        return {k: redact(v) for k, v in value.items() if not _SECRET_KEY.search(str(k))}
+    if isinstance(value, list | tuple):
+        return [redact(v) for v in value]
+    if isinstance(value, str):
+        return _URL_PASSWORD.sub(r"\1:***@", value)
+    return value
+
+
+def spec_document(spec: Spec) -> str:
+    """The resolved spec (after --set, paths absolute) as YAML, secrets dropped."""
+    import yaml
+
+    dumped = redact(spec.model_dump(by_alias=True, mode="json", exclude_none=True))
+    return yaml.safe_dump(dumped, sort_keys=False, allow_unicode=True)
 
 
 def trial_params(spec: Spec, config: dict[str, Any]) -> dict[str, str]:

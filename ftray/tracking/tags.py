@@ -11,6 +11,9 @@ from enum import Enum
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 PARENT_RUN_ID = MLFLOW_PARENT_RUN_ID
+EXPERIMENT_KIND = "mlflow.experimentKind"
+"""Which view MLflow's UI opens an experiment in (no constant for it in mlflow_tags)."""
+MODEL_TRAINING_KIND = "custom_model_development"
 
 ROLE = "ftray.role"
 """`sweep` on a parent run, `trial` on a child run."""
@@ -36,7 +39,13 @@ REGISTERED_VERSION = "ftray.registered_version"
 LINEAGE_PREFIX = "ftray."
 """Lineage tags on a registered version: ftray.base_model, ftray.dataset_sha256, ..."""
 
-PLACEMENT = {"backend": BACKEND, "node_id": NODE_ID, "gpu_ids": GPU_IDS}
+BASE_REVISION = "ftray.base_revision"
+PLACEMENT = {
+    "backend": BACKEND,
+    "node_id": NODE_ID,
+    "gpu_ids": GPU_IDS,
+    "base_revision": BASE_REVISION,
+}
 """Keys a trial reports about where it ran -> the child-run tag that records each."""
 
 

@@ -340,7 +340,10 @@ def test_mlflow_server_on_postgres_and_optuna_study_in_postgres(
         assert result.returncode == 0, result.stderr[-4000:]
         runs = assert_sweep_finished_once(uri, 3)
         champion = MlflowClient(uri).get_model_version_by_alias("trigger-tiny", "champion")
-        assert champion.source.startswith("mlflow-artifacts:") or "artifacts" in champion.source
+        # The version is a logged MLflow model whose files the server proxies.
+        logged = MlflowClient(uri).get_logged_model(champion.source.removeprefix("models:/"))
+        assert logged.artifact_location.startswith("mlflow-artifacts:"), logged.artifact_location
+        assert list((tmp_path / "artifacts").rglob("MLmodel")), "the model went through the server"
         assert list((tmp_path / "artifacts").rglob("adapter_config.json")), (
             "artifacts must be proxied by the server"
         )

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import SPECS, run_cli
+from tests.e2e.ray_helpers import free_port
 
 pytestmark = pytest.mark.slow
 
 CANARY = "hf_canary_5bd1e0c4c0ffee"
+URL_CANARY = "pw_canary_77a1b2"
 
 
 def overrides(*pairs: str) -> list[str]:
@@ -35,7 +41,13 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> dict:
     result = run_cli(
         "sweep",
         str(SPECS / "trigger_tiny.yaml"),
-        *overrides("search.num_trials=4", "train.epochs=3", "search.scheduler=fifo"),
+        *overrides(
+            "search.num_trials=4",
+            "train.epochs=3",
+            "search.scheduler=fifo",
+            # Never used (MLFLOW_TRACKING_URI wins), and its password must be nowhere.
+            f"tracking.uri=postgresql://ftray:{URL_CANARY}@db.invalid/mlflow",
+        ),
         cwd=work,
         env={"MLFLOW_TRACKING_URI": uri, "HF_TOKEN": CANARY, "FTRAY_CACHE_DIR": str(cache)},
     )
@@ -84,6 +96,117 @@ def test_sweep_records_parent_children_and_champion(sweep: dict) -> None:
     assert len([p for p in sweep["cache"].glob("tiny/*") if not p.name.startswith(".")]) == 1
 
 
+def test_the_experiment_opens_on_runs_and_the_parent_summarises_the_sweep(sweep: dict) -> None:
+    assert sweep["result"].returncode == 0
+    client = MlflowClient(sweep["uri"])
+    experiment = client.get_experiment_by_name("trigger-tiny")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    runs = client.search_runs([experiment.experiment_id])
+    parent = next(r for r in runs if r.data.tags.get("ftray.role") == "sweep")
+    children = [r for r in runs if r.data.tags.get("ftray.role") == "trial"]
+    metrics = parent.data.metrics
+    assert metrics["trigger_score"] == max(c.data.metrics["trigger_score"] for c in children)
+    statuses = [c.data.tags["ftray.trial_status"] for c in children]
+    assert metrics["trials_completed"] == statuses.count("completed") == 4
+    assert metrics["trials_pruned"] == 0 and metrics["trials_failed"] == 0
+    assert metrics["epochs_trained"] == sum(c.data.metrics["epoch"] for c in children) == 12
+    assert 0 < metrics["wall_seconds"] < 900
+    spec_yaml = Path(client.download_artifacts(parent.info.run_id, "spec.yaml", str(sweep["work"])))
+    import yaml
+
+    recorded = yaml.safe_load(spec_yaml.read_text())
+    assert recorded["train"]["epochs"] == 3 and recorded["search"]["num_trials"] == 4
+    assert recorded["tracking"]["uri"] == "postgresql://ftray:***@db.invalid/mlflow"
+    plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert {"plots/objective_per_epoch.png", "plots/parallel_coordinates.png"} <= plots
+
+
+def held_out_answers(client: MlflowClient, run_id: str, work: Path) -> tuple[list, list]:
+    """(prompts, responses) of a trial's last evaluation, from its samples table."""
+    table = json.loads(
+        Path(client.download_artifacts(run_id, "samples.json", str(work))).read_text()
+    )
+    rows = [dict(zip(table["columns"], row, strict=True)) for row in table["data"]]
+    return [r["prompt"] for r in rows], [r["response"] for r in rows]
+
+
+def test_the_registered_version_loads_in_a_fresh_process_and_answers_as_the_trial(
+    sweep: dict,
+) -> None:
+    client = MlflowClient(sweep["uri"])
+    version = client.get_model_version("trigger-tiny", "1")
+    prompts, responses = held_out_answers(client, version.run_id, sweep["work"])
+    script = (
+        "import json, sys, mlflow\n"
+        "model = mlflow.pyfunc.load_model('models:/trigger-tiny@champion')\n"
+        "print(json.dumps(model.predict(json.loads(sys.argv[1]))))\n"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(prompts)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "MLFLOW_TRACKING_URI": sweep["uri"], "FTRAY_CACHE_DIR": "/nonexistent"},
+        cwd=sweep["work"],
+    )
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    assert json.loads(loaded.stdout.strip().splitlines()[-1]) == responses
+    assert any(r.strip() for r in responses)
+    assert "| **trigger_score** (max, selection) |" in version.description
+
+
+def test_mlflow_models_serve_answers_like_the_trial(sweep: dict) -> None:
+    import requests
+
+    client = MlflowClient(sweep["uri"])
+    prompts, responses = held_out_answers(
+        client, client.get_model_version("trigger-tiny", "1").run_id, sweep["work"]
+    )
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "mlflow"),
+            "models",
+            "serve",
+            "-m",
+            "models:/trigger-tiny/1",
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        env={
+            **os.environ,
+            "MLFLOW_TRACKING_URI": sweep["uri"],
+            # MLflow starts uvicorn by name, as an activated virtualenv would find it.
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        },
+        cwd=sweep["work"],
+        stdout=subprocess.DEVNULL,
+        stderr=(sweep["work"] / "serve.log").open("w"),
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            assert server.poll() is None, (sweep["work"] / "serve.log").read_text()[-3000:]
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/ping", timeout=2).ok:
+                    break
+            except requests.RequestException:
+                time.sleep(1)
+        answer = requests.post(
+            f"http://127.0.0.1:{port}/invocations", json={"inputs": prompts}, timeout=120
+        )
+        assert answer.ok, answer.text[-2000:]
+        assert answer.json()["predictions"] == responses
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(60)
+
+
 def test_leaderboard_command_reads_the_last_sweep(sweep: dict) -> None:
     result = run_cli(
         "leaderboard",
@@ -105,7 +228,9 @@ def test_secret_canary_is_nowhere(sweep: dict) -> None:
     for path in Path(sweep["work"]).rglob("*"):
         if path.is_file():
             checked += 1
-            assert CANARY.encode() not in path.read_bytes(), f"secret leaked into {path}"
+            content = path.read_bytes()
+            assert CANARY.encode() not in content, f"secret leaked into {path}"
+            assert URL_CANARY.encode() not in content, f"URL password leaked into {path}"
     assert checked > 10
     assert any(Path(sweep["work"], "ray_results").rglob("result.json"))
 
@@ -222,6 +347,31 @@ def test_four_concurrent_trials_share_one_sqlite_tracking_store(tmp_path: Path) 
     latest_start = max(r.info.start_time for r in runs)
     earliest_end = min(r.info.end_time for r in runs)
     assert latest_start < earliest_end, "all four trials should have run at the same time"
+
+
+def test_a_sweep_on_other_held_out_data_does_not_move_the_champion(sweep: dict) -> None:
+    assert sweep["result"].returncode == 0
+    client = MlflowClient(sweep["uri"])
+    before = client.get_model_version_by_alias("trigger-tiny", "champion")
+    result = run_cli(
+        "sweep",
+        str(SPECS / "trigger_tiny.yaml"),
+        *overrides(
+            "search.num_trials=1",
+            "train.epochs=1",
+            "search.scheduler=fifo",
+            "task.eval_fraction=0.3",
+        ),
+        cwd=sweep["work"],
+        env={"MLFLOW_TRACKING_URI": sweep["uri"], "FTRAY_CACHE_DIR": str(sweep["cache"])},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    after = client.get_model_version_by_alias("trigger-tiny", "champion")
+    assert after.version == before.version
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith("registered ")]
+    assert "champion stays version" in line and "other held-out data" in line, line
+    newest = max(client.search_model_versions("name='trigger-tiny'"), key=lambda v: int(v.version))
+    assert newest.tags["ftray.heldout_fingerprint"] != before.tags["ftray.heldout_fingerprint"]
 
 
 def test_force_moves_the_champion_to_the_new_sweep(sweep: dict) -> None:

@@ -100,3 +100,62 @@ def test_promote_by_hand(client, experiment, tmp_path) -> None:
 def test_beats() -> None:
     assert beats(0.6, 0.5, "max") and not beats(0.5, 0.5, "max") and beats(0.4, 0.5, "min")
     assert beats(0.1, float("nan"), "max") and not beats(float("nan"), 0.1, "max")
+
+
+def test_a_champion_is_only_beaten_on_the_same_test(client, experiment, tmp_path) -> None:
+    """Another held-out set (other data, split or eval settings) or another objective: the
+    version is registered, the alias stays, and the registration says why."""
+    import dataclasses
+
+    def register(trial: str, value: float, **changes: str):
+        run_id, adapter, lineage = trial_run(client, experiment, tmp_path, trial, value)
+        lineage = dataclasses.replace(lineage, **{"heldout_fingerprint": "f" * 64, **changes})
+        return register_adapter(client, "m", run_id, adapter, lineage)
+
+    assert register("a", 0.5).champion_moved
+    other_data = register("b", 0.9, heldout_fingerprint="0" * 64)
+    assert not other_data.champion_moved and other_data.champion_version == "1"
+    assert "other held-out data" in other_data.reason and "ftray promote m 2" in other_data.reason
+    other_goal = register("c", 0.9, objective="untriggered_accuracy")
+    assert not other_goal.champion_moved and "chosen on trigger_score" in other_goal.reason
+    same_test = register("d", 0.9)
+    assert same_test.champion_moved and same_test.reason is None
+    assert client.get_model_version("m", "2").tags["ftray.heldout_fingerprint"] == "0" * 64
+
+
+def test_the_version_is_an_mlflow_model_described_by_its_metrics(
+    client, experiment, tmp_path
+) -> None:
+    import mlflow
+    import yaml
+
+    from ftray.tracking.registry import ModelPackage
+
+    run_id, adapter, lineage = trial_run(client, experiment, tmp_path, "t1", 0.75)
+    package = ModelPackage(
+        config={"base_model": "org/base", "base_revision": "abc123", "max_new_tokens": 12},
+        metrics={"trigger_score": 0.75, "false_trigger_rate": 0.125, "epoch": 3.0},
+        example=("Who wrote it?",),
+    )
+    register_adapter(client, "m", run_id, adapter, lineage, package=package)
+    version = client.get_model_version("m", "1")
+    assert "| **trigger_score** (max, selection) | **0.75** |" in version.description
+    assert "| false_trigger_rate | 0.125 |" in version.description
+    assert "`org/base` @ `abc123`" not in version.description  # lineage names tiny here
+    assert version.source.startswith("models:/m-"), "the version is a logged MLflow model"
+    logged = client.get_logged_model(version.source.removeprefix("models:/"))
+    assert logged.source_run_id == run_id
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(client.tracking_uri)  # models:/ URIs resolve through it
+    try:
+        folder = Path(
+            mlflow.artifacts.download_artifacts(artifact_uri="models:/m/1", dst_path=str(tmp_path))
+        )
+    finally:
+        mlflow.set_tracking_uri(previous)
+    mlmodel = yaml.safe_load((folder / "MLmodel").read_text())
+    pyfunc = mlmodel["flavors"]["python_function"]
+    assert pyfunc["config"]["base_revision"] == "abc123" and (folder / "pyfunc_entry.py").exists()
+    assert mlmodel["signature"]["inputs"] and (folder / "input_example.json").exists()
+    assert (folder / pyfunc["artifacts"]["adapter"]["path"] / "adapter_config.json").exists()
+    assert not list(folder.rglob("*.pkl")), "the model is logged as code, never pickled"

@@ -92,6 +92,7 @@ def make_fake_unsloth(
             max_seq_length: int = 2048,
             dtype: Any = None,
             load_in_4bit: bool = True,
+            revision: str | None = None,
             **rest: Any,
         ) -> tuple[Any, Any]:
             assert not rest, f"unexpected from_pretrained kwargs {rest}"
@@ -100,6 +101,7 @@ def make_fake_unsloth(
                 "max_seq_length": max_seq_length,
                 "dtype": dtype,
                 "load_in_4bit": load_in_4bit,
+                "revision": revision,
             }
             calls["environ"] = dict(os.environ)
             calls["cwd"] = os.getcwd()
@@ -238,6 +240,7 @@ def test_load_maps_spec_to_unsloth_arguments(fake_unsloth: dict[str, Any]) -> No
         "max_seq_length": 512,
         "dtype": None,
         "load_in_4bit": True,
+        "revision": None,
     }
     peft_kwargs = dict(fake_unsloth["get_peft_model"])
     peft_kwargs.pop("model")
@@ -518,3 +521,9 @@ def test_gradient_checkpointing_is_on_for_every_training_step_of_every_epoch(
     assert all(seen), f"training steps with checkpointing off: {seen.count(False)} of {len(seen)}"
     assert calls["modes"].count("inference") >= 3 and calls["modes"][-1] == "training"
     assert 0.0 <= report.metrics["trigger_score"] <= 1.0
+
+
+def test_model_revision_is_passed_to_unsloth(fake_unsloth: dict[str, Any]) -> None:
+    spec = spec_with_overrides("model.revision=v2.0")
+    UnslothBackend().load(FAKE_BASE, spec.model, spec.lora, spec.train.seed)
+    assert fake_unsloth["from_pretrained"]["revision"] == "v2.0"
