@@ -159,6 +159,48 @@ def cmd_promote(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """A registered adapter as adapter, merged safetensors, GGUF or an Ollama folder."""
+    import os
+
+    from ftray.export.run import ExportRequest, check_request
+
+    request = ExportRequest(
+        model_uri=args.model_uri,
+        format=args.format,
+        out=args.out,
+        quant=args.quant,
+        dtype=args.dtype,
+        push_to_hub=args.push_to_hub,
+        force=args.force,
+    )
+    check_request(request)  # bad arguments exit 2 before MLflow or torch is imported
+
+    import logging
+
+    from mlflow import MlflowClient
+
+    from ftray.export.run import export_model
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "creating tables" lines
+    from ftray.tracking.store import DEFAULT_TRACKING_URI
+
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    document = export_model(request, MlflowClient(uri))
+    summary = {
+        "out": str(args.out),
+        "format": document["format"],
+        "quantization": document["quantization"],
+        "registered_model": document["registered_model"],
+        "registered_version": document["registered_version"],
+        "files": sorted(document["files"]) + ["manifest.json"],
+    }
+    if "pushed_to" in document:
+        summary["pushed_to"] = document["pushed_to"]
+    print(json.dumps(summary))
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     parser = argparse.ArgumentParser(
@@ -212,6 +254,47 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("version", help="version number")
     promote.add_argument("--alias", default="champion", help="alias to move (default champion)")
     promote.set_defaults(func=cmd_promote)
+
+    export = sub.add_parser(
+        "export",
+        help="write a registered adapter as adapter, merged safetensors, GGUF or Ollama",
+        description="Export a registered adapter. MODEL_URI: models:/NAME@ALIAS, "
+        "models:/NAME/VERSION or runs:/RUN_ID/adapter. Writes manifest.json beside it.",
+    )
+    export.add_argument("model_uri", metavar="MODEL_URI", help="e.g. models:/trigger-tiny@champion")
+    export.add_argument(
+        "--format",
+        required=True,
+        choices=["adapter", "merged", "gguf", "ollama"],
+        help="adapter: PEFT adapter + tokenizer; merged: safetensors with the adapter merged; "
+        "gguf: llama.cpp file; ollama: GGUF + Modelfile",
+    )
+    export.add_argument("--out", type=Path, required=True, help="output folder (must be empty)")
+    export.add_argument(
+        "--quant",
+        default=None,
+        help="GGUF type: f16 (default), bf16, q8_0, f32 without a compiler; q4_k_m, q5_k_m, "
+        "q6_k, ... with llama.cpp's llama-quantize",
+    )
+    export.add_argument(
+        "--dtype",
+        default="auto",
+        help="precision the base is loaded and merged in: auto (the base's own), float32, "
+        "bfloat16, float16; never 4-bit",
+    )
+    export.add_argument(
+        "--push-to-hub",
+        metavar="REPO",
+        default=None,
+        help="also upload the folder to this Hugging Face Hub repo (token from HF_TOKEN)",
+    )
+    export.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    export.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)",
+    )
+    export.set_defaults(func=cmd_export)
     return parser
 
 
@@ -229,9 +312,11 @@ def main(argv: list[str] | None = None) -> int:
         print("error: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:
+        from ftray.export.errors import ExportFailed
         from ftray.models.backend import BackendUnavailable
+        from ftray.models.peft_backend import BaseModelMissing
 
-        if isinstance(exc, BackendUnavailable):
+        if isinstance(exc, BackendUnavailable | ExportFailed | BaseModelMissing):
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_RUNTIME
         raise

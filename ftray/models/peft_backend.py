@@ -67,32 +67,38 @@ class BaseModelMissing(RuntimeError):
     """The base model a registered adapter needs is not on this machine."""
 
 
-def load_for_inference(
-    base: str, adapter_dir: str, load_in_4bit: bool, revision: str | None = None
-) -> tuple[Any, Any]:
-    """(base with the adapter, in eval mode; the adapter's tokenizer) for generation.
-
-    `base` is a local folder or a Hugging Face id; an id is loaded from the local Hugging
-    Face cache only, at `revision`, so a registered adapter always meets the base it was
-    trained on, or a clear error.
-    """
-    import torch
-    from peft import PeftModel
+def load_base_model(base: str, revision: str | None, **kwargs: Any) -> Any:
+    """The base model from a local folder, or a Hugging Face id from the local cache only at
+    `revision`, so a registered adapter always meets the base it was trained on, or a clear
+    error (`BaseModelMissing`)."""
     from transformers import AutoModelForCausalLM
 
-    kwargs = base_model_kwargs(load_in_4bit)
     if not Path(base).is_dir():
         kwargs |= {"revision": revision, "local_files_only": True}
-    if torch.cuda.is_available():
-        kwargs["device_map"] = {"": torch.cuda.current_device()}
     try:
-        base_model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
+        return AutoModelForCausalLM.from_pretrained(base, **kwargs)
     except OSError as exc:
         raise BaseModelMissing(
             f"the base model {base} (revision {revision or 'any'}) is not in this machine's "
             f"Hugging Face cache ({exc.__class__.__name__}); download it first: "
             f"hf download {base}" + (f" --revision {revision}" if revision else "")
         ) from exc
+
+
+def load_for_inference(
+    base: str, adapter_dir: str, load_in_4bit: bool, revision: str | None = None
+) -> tuple[Any, Any]:
+    """(base with the adapter, in eval mode; the adapter's tokenizer) for generation.
+
+    `base` is a local folder or a Hugging Face id (see `load_base_model`).
+    """
+    import torch
+    from peft import PeftModel
+
+    kwargs = base_model_kwargs(load_in_4bit)
+    if torch.cuda.is_available():
+        kwargs["device_map"] = {"": torch.cuda.current_device()}
+    base_model = load_base_model(base, revision, **kwargs)
     model = PeftModel.from_pretrained(base_model, adapter_dir)
     model.eval()
     return model, load_tokenizer(adapter_dir)

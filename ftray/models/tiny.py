@@ -1,5 +1,8 @@
-"""The `tiny` base model: a small random Llama with a byte-level BPE tokenizer trained on
-the task's own text, built offline and cached by content hash.
+"""The `tiny` base model: a small random Llama with a SentencePiece tokenizer trained on the
+task's own text, built offline and cached by content hash.
+
+The tokenizer is SentencePiece BPE with byte fallback (as Llama 2 and Mistral ship), which
+llama.cpp's GGUF converter accepts, so every export format can be tested on it.
 
 LoRA on it learns a trigger mapping in seconds on a CPU, which makes demos and tests real
 without downloading weights. Every trial of a sweep loads the same cached folder.
@@ -8,13 +11,15 @@ without downloading weights. Every trial of a sweep loads the same cached folder
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
-BUILDER_VERSION = 2
+BUILDER_VERSION = 3
 SPECIAL_TOKENS = ["<|pad|>", "<|im_start|>", "<|im_end|>", "<|endoftext|>"]
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -76,37 +81,65 @@ def build_tiny_model(corpus: list[str], cache_dir: Path | None = None) -> Path:
     return target
 
 
+def _train_tokenizer(corpus: list[str], folder: Path) -> Any:
+    """Train a SentencePiece BPE model on the corpus; return it as a Hugging Face tokenizer.
+
+    `tokenizer.model` stays in the folder beside `tokenizer.json`: llama.cpp's converter
+    reads the SentencePiece model.
+    """
+    import sentencepiece as spm
+    from transformers import AutoTokenizer
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(sorted(set(corpus))),
+        model_writer=model,
+        model_type="bpe",
+        vocab_size=VOCAB_SIZE,
+        hard_vocab_limit=False,
+        byte_fallback=True,
+        character_coverage=1.0,
+        # Text round-trips exactly: no leading "▁" added, spaces and newlines kept as is.
+        add_dummy_prefix=False,
+        remove_extra_whitespaces=False,
+        normalization_rule_name="identity",
+        split_digits=True,
+        user_defined_symbols=SPECIAL_TOKENS,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        num_threads=1,
+        minloglevel=2,
+    )
+    (folder / "tokenizer.model").write_bytes(model.getvalue())
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "LlamaTokenizer",
+                "legacy": False,
+                "add_prefix_space": False,
+                "add_bos_token": False,
+                "add_eos_token": False,
+                "unk_token": "<unk>",
+                "bos_token": None,
+                "eos_token": "<|im_end|>",
+                "pad_token": "<|pad|>",
+                "additional_special_tokens": ["<|im_start|>", "<|endoftext|>"],
+                "model_max_length": ARCHITECTURE["max_position_embeddings"],
+            }
+        )
+    )
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
+
+
 def _write_tiny_model(corpus: list[str], folder: Path) -> None:
     import torch
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    tokenizer = Tokenizer(models.BPE())
-    # Whitespace is its own token, so "Bob" is followed by the same " " token in every
-    # answer; with GPT-2 style " word" tokens a tiny model glues names to word pieces.
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(r"\s"), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False),
-        ]
-    )
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(sorted(set(corpus)), trainer)
-    hf_tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        pad_token="<|pad|>",
-        eos_token="<|im_end|>",
-        bos_token=None,
-        unk_token=None,
-        model_max_length=ARCHITECTURE["max_position_embeddings"],
-    )
-    hf_tokenizer.chat_template = CHATML_TEMPLATE
+    hf_tokenizer = _train_tokenizer(corpus, folder)
     config = LlamaConfig(
         vocab_size=len(hf_tokenizer),
         pad_token_id=hf_tokenizer.pad_token_id,

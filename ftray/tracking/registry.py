@@ -148,7 +148,7 @@ def _create_version(
             raise
     # MLflow resolves a models:/<id> source through the process-wide tracking URI, not this
     # client's; the version must point at the logged model (not its folder) to link to it.
-    with _process_tracking_uri(client.tracking_uri):
+    with process_tracking_uri(client.tracking_uri):
         return client.create_model_version(
             name,
             source=logged.model_uri,
@@ -160,7 +160,7 @@ def _create_version(
 
 
 @contextmanager
-def _process_tracking_uri(uri: str) -> Iterator[None]:
+def process_tracking_uri(uri: str) -> Iterator[None]:
     import mlflow
 
     previous = mlflow.get_tracking_uri()

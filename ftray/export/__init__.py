@@ -1,0 +1,1 @@
+"""Export a registered adapter: adapter, merged safetensors, GGUF, Ollama."""
