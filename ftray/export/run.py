@@ -133,29 +133,29 @@ def _write(request: ExportRequest, source: Any, staging: Path, work: Path) -> di
     if request.format == "adapter":
         formats.write_adapter(source, staging)
         return {"dtype": None}
-    if request.format == "ollama":
-        from ftray.export.ollama import modelfile
-        from ftray.models.peft_backend import load_tokenizer
-
-        tokenizer = load_tokenizer(str(source.adapter_dir))
-        modelfile(tokenizer, "check.gguf", where=request.model_uri)  # refuse before merging
     if request.format == "merged":
         log.info(f"merging the adapter into {source.lineage['base_model']}")
         return formats.write_merged(source, staging, request.dtype)
 
     from ftray.export.gguf import convert
 
-    log.info(f"merging the adapter into {source.lineage['base_model']}")
-    details = formats.write_merged(source, work / "merged", request.dtype)
-    name = _gguf_name(source, request.quantization or DEFAULT_QUANT)
-    convert(work / "merged", staging / name, request.quantization or DEFAULT_QUANT)
-    details["gguf"] = name
+    quant = request.quantization or DEFAULT_QUANT
+    name = _gguf_name(source, quant)
+    modelfile_text = None
     if request.format == "ollama":
         from ftray.export.ollama import modelfile
         from ftray.models.peft_backend import load_tokenizer
 
-        text = modelfile(load_tokenizer(str(work / "merged")), name, where=request.model_uri)
-        (staging / "Modelfile").write_text(text)
+        # Derived before merging, so a template Ollama cannot express is refused at once;
+        # the merged folder carries this same tokenizer and chat template.
+        tokenizer = load_tokenizer(str(source.adapter_dir))
+        modelfile_text = modelfile(tokenizer, name, where=request.model_uri)
+    log.info(f"merging the adapter into {source.lineage['base_model']}")
+    details = formats.write_merged(source, work / "merged", request.dtype)
+    convert(work / "merged", staging / name, quant)
+    details["gguf"] = name
+    if modelfile_text is not None:
+        (staging / "Modelfile").write_text(modelfile_text)
     return details
 
 
