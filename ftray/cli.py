@@ -141,15 +141,13 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 def cmd_promote(args: argparse.Namespace) -> int:
     """Point an alias (default champion) at a registered version."""
-    import os
-
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     from ftray.tracking.registry import promote
-    from ftray.tracking.store import DEFAULT_TRACKING_URI
+    from ftray.tracking.store import store_uri
 
-    client = MlflowClient(os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
+    client = MlflowClient(store_uri())
     try:
         promote(client, args.name, args.version, args.alias)
     except MlflowException as exc:
@@ -161,8 +159,6 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """A registered adapter as adapter, merged safetensors, GGUF or an Ollama folder."""
-    import os
-
     from ftray.export.run import ExportRequest, check_request
 
     request = ExportRequest(
@@ -181,12 +177,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     from mlflow import MlflowClient
 
     from ftray.export.run import export_model
+    from ftray.tracking.store import store_uri
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "creating tables" lines
-    from ftray.tracking.store import DEFAULT_TRACKING_URI
-
-    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-    document = export_model(request, MlflowClient(uri))
+    document = export_model(request, MlflowClient(args.tracking_uri or store_uri()))
     summary = {
         "out": str(args.out),
         "format": document["format"],

@@ -63,13 +63,12 @@ def load_merged(source: ExportSource, dtype: str = "auto") -> tuple[Any, Any]:
     from peft import PeftModel
     from transformers import AutoConfig
 
-    from ftray.models.peft_backend import load_base_model, load_tokenizer
+    from ftray.models.peft_backend import base_source_kwargs, load_base_model, load_tokenizer
 
-    kwargs: dict[str, Any] = {}
-    if not Path(source.base).is_dir():
-        kwargs = {"revision": source.base_revision, "local_files_only": True}
     try:
-        base_config = AutoConfig.from_pretrained(source.base, **kwargs)
+        base_config = AutoConfig.from_pretrained(
+            source.base, **base_source_kwargs(source.base, source.base_revision)
+        )
     except OSError:
         base_config = None  # load_base_model says what is missing
     model = load_base_model(

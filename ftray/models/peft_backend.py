@@ -67,16 +67,24 @@ class BaseModelMissing(RuntimeError):
     """The base model a registered adapter needs is not on this machine."""
 
 
+def base_source_kwargs(base: str, revision: str | None) -> dict[str, Any]:
+    """Where `from_pretrained` finds a registered adapter's base: a local folder as it is, a
+    Hugging Face id in the local cache only, at `revision`."""
+    if Path(base).is_dir():
+        return {}
+    return {"revision": revision, "local_files_only": True}
+
+
 def load_base_model(base: str, revision: str | None, **kwargs: Any) -> Any:
     """The base model from a local folder, or a Hugging Face id from the local cache only at
     `revision`, so a registered adapter always meets the base it was trained on, or a clear
     error (`BaseModelMissing`)."""
     from transformers import AutoModelForCausalLM
 
-    if not Path(base).is_dir():
-        kwargs |= {"revision": revision, "local_files_only": True}
     try:
-        return AutoModelForCausalLM.from_pretrained(base, **kwargs)
+        return AutoModelForCausalLM.from_pretrained(
+            base, **kwargs, **base_source_kwargs(base, revision)
+        )
     except OSError as exc:
         raise BaseModelMissing(
             f"the base model {base} (revision {revision or 'any'}) is not in this machine's "

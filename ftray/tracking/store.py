@@ -19,7 +19,13 @@ _URL_PASSWORD = re.compile(r"(?<=://)([^:/@\s]+):[^@/\s]+@")
 
 def tracking_uri(spec: Spec) -> str:
     """MLFLOW_TRACKING_URI, else the spec's tracking.uri, else sqlite:///mlflow.db."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or spec.tracking.uri or DEFAULT_TRACKING_URI
+    return store_uri(spec.tracking.uri)
+
+
+def store_uri(given: str | None = None) -> str:
+    """For commands without a spec (`promote`, `export`): MLFLOW_TRACKING_URI, else the URI
+    `given` by the spec, else sqlite:///mlflow.db."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or given or DEFAULT_TRACKING_URI
 
 
 def safe_params(values: dict[str, Any]) -> dict[str, str]:
