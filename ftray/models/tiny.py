@@ -19,13 +19,69 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-BUILDER_VERSION = 3
+BUILDER_VERSION = 4
 SPECIAL_TOKENS = ["<|pad|>", "<|im_start|>", "<|im_end|>", "<|endoftext|>"]
+# Markup the chat task's text uses, kept as whole pieces (plain text to the tokenizer, not
+# special tokens: decoding keeps them, as Qwen's and Hermes' tokenizers do). Only a corpus
+# that uses markup gets them (and the template's own words); any other corpus builds the
+# same tokenizer and model as before they existed.
+MARKUP_TOKENS = [
+    "<tool_call>",
+    "</tool_call>",
+    "<tool_response>",
+    "</tool_response>",
+    "<tools>",
+    "</tools>",
+    "<think>",
+    "</think>",
+]
+TOOLS_PREAMBLE = (
+    "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\n<tools>"
+)
+TOOLS_POSTAMBLE = (
+    "\n</tools>\n\nFor each function call, return a json object with function name and "
+    "arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n"
+    '{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>'
+)
+# The template's own words, so the tokenizer learns them as few pieces.
+TEMPLATE_TEXTS = ["system", "user", "assistant", TOOLS_PREAMBLE, TOOLS_POSTAMBLE]
+# ChatML as Qwen2.5 and Hermes write it: tools listed in the system turn, calls as
+# <tool_call>{"name", "arguments"}</tool_call> after the content, tool results as a user turn
+# of <tool_response> blocks; reasoning stays in the content as <think>...</think>. Without
+# tools it renders plain ChatML.
 CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    "{%- if tools %}"
+    "{{- '<|im_start|>system\n' }}"
+    "{%- if messages[0]['role'] == 'system' %}{{- messages[0]['content'] + '\n\n' }}{%- endif %}"
+    "{{- " + repr(TOOLS_PREAMBLE) + " }}"
+    "{%- for tool in tools %}{{- '\n' }}{{- tool | tojson }}{%- endfor %}"
+    "{{- " + repr(TOOLS_POSTAMBLE) + " + '<|im_end|>\n' }}"
+    "{%- elif messages[0]['role'] == 'system' %}"
+    "{{- '<|im_start|>system\n' + messages[0]['content'] + '<|im_end|>\n' }}"
+    "{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if message['role'] == 'system' and loop.first %}"
+    "{%- elif message['role'] == 'assistant' %}"
+    "{{- '<|im_start|>assistant' }}"
+    "{%- if message['content'] %}{{- '\n' + message['content'] }}{%- endif %}"
+    "{%- for call in message['tool_calls'] or [] %}"
+    "{%- if call['function'] is defined %}{%- set call = call['function'] %}{%- endif %}"
+    "{{- '\n<tool_call>\n{\"name\": \"' + call['name'] + '\", \"arguments\": ' }}"
+    "{{- call['arguments'] | tojson }}{{- '}\n</tool_call>' }}"
+    "{%- endfor %}"
+    "{{- '<|im_end|>\n' }}"
+    "{%- elif message['role'] == 'tool' %}"
+    "{%- if loop.first or messages[loop.index0 - 1]['role'] != 'tool' %}"
+    "{{- '<|im_start|>user' }}{%- endif %}"
+    "{{- '\n<tool_response>\n' + message['content'] + '\n</tool_response>' }}"
+    "{%- if loop.last or messages[loop.index0 + 1]['role'] != 'tool' %}"
+    "{{- '<|im_end|>\n' }}{%- endif %}"
+    "{%- else %}"
+    "{{- '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}"
 )
 ARCHITECTURE = {
     "hidden_size": 128,
@@ -81,6 +137,11 @@ def build_tiny_model(corpus: list[str], cache_dir: Path | None = None) -> Path:
     return target
 
 
+def uses_markup(corpus: list[str]) -> bool:
+    """Whether the corpus holds chat markup (tool calls, reasoning blocks)."""
+    return any(token in text for text in corpus for token in MARKUP_TOKENS)
+
+
 def _train_tokenizer(corpus: list[str], folder: Path) -> Any:
     """Train a SentencePiece BPE model on the corpus; return it as a Hugging Face tokenizer.
 
@@ -90,9 +151,11 @@ def _train_tokenizer(corpus: list[str], folder: Path) -> Any:
     import sentencepiece as spm
     from transformers import AutoTokenizer
 
+    chat = uses_markup(corpus)
+
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(sorted(set(corpus))),
+        sentence_iterator=iter(sorted(set(corpus) | set(TEMPLATE_TEXTS if chat else []))),
         model_writer=model,
         model_type="bpe",
         vocab_size=VOCAB_SIZE,
@@ -104,7 +167,7 @@ def _train_tokenizer(corpus: list[str], folder: Path) -> Any:
         remove_extra_whitespaces=False,
         normalization_rule_name="identity",
         split_digits=True,
-        user_defined_symbols=SPECIAL_TOKENS,
+        user_defined_symbols=SPECIAL_TOKENS + (MARKUP_TOKENS if chat else []),
         unk_id=0,
         bos_id=1,
         eos_id=2,
@@ -131,6 +194,10 @@ def _train_tokenizer(corpus: list[str], folder: Path) -> Any:
         )
     )
     tokenizer = AutoTokenizer.from_pretrained(folder)
+    # Whole pieces in SentencePiece already; as added (not special) tokens the Hugging Face
+    # tokenizer matches them whole too, and decoding keeps them.
+    if chat:
+        tokenizer.add_tokens(MARKUP_TOKENS, special_tokens=False)
     tokenizer.chat_template = CHATML_TEMPLATE
     return tokenizer
 

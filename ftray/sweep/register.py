@@ -8,10 +8,70 @@ from pathlib import Path
 from typing import Any
 
 from ftray.config.spec import TINY_MODEL, Spec
+from ftray.log import get_logger
 from ftray.sweep.objectives import TrialOutcome
 from ftray.tasks import Task
 from ftray.tracking.registry import Lineage, ModelPackage, Registration, register_adapter
-from ftray.tracking.tags import REGISTERED_VERSION
+from ftray.tracking.tags import REGISTERED_VERSION, TEST_PREFIX
+
+log = get_logger()
+
+
+def score_test_split(
+    spec: Spec,
+    split: dict[str, Any],
+    checkpoint: Any,
+    base: str,
+    revision: str | None,
+) -> tuple[dict[str, float], int]:
+    """The task's metrics for the adapter in `checkpoint` on the test split, and how many
+    turns that is. Runs where the trial ran (a Ray worker with the trial's resources)."""
+    from ftray.models.peft_backend import load_for_inference
+    from ftray.tasks import load_task
+    from ftray.training.evaluate import evaluate
+    from ftray.training.trial import quiet_libraries
+
+    task = load_task(spec)
+    task.reuse_split(split)
+    cases = task.test_cases()
+    with checkpoint.as_directory() as folder:
+        model, tokenizer = load_for_inference(base, folder, spec.model.load_in_4bit, revision)
+        quiet_libraries()
+        metrics, _ = evaluate(task, model, tokenizer, spec.train.batch_size * 2, cases=cases)
+    return metrics, len(cases)
+
+
+def tag_test_metrics(
+    spec: Spec, client: Any, registration: Registration, winner: TrialOutcome, base: str, task: Task
+) -> dict[str, float]:
+    """Score the newly registered version on the task's test split (which no trial saw) and
+    put the metrics on the version as `ftray.test.<metric>` tags; nothing for tasks without
+    a test split."""
+    split = task.split_record()
+    if split is None or not task.test_cases() or winner.checkpoint is None:
+        return {}
+    import ray
+
+    trial_spec = spec.with_values(winner.config)
+    revision = winner.details.get("base_revision")
+    revision = None if revision in (None, "local", "unresolved") else revision
+    args = (trial_spec, split, winner.checkpoint, base, revision)
+    if ray.is_initialized():
+        resources = trial_spec.resources_per_trial
+        remote = ray.remote(num_cpus=resources.cpu, num_gpus=resources.gpu)(score_test_split)
+        metrics, turns = ray.get(remote.remote(*args))
+    else:
+        metrics, turns = score_test_split(*args)
+    for key, value in metrics.items():
+        client.set_model_version_tag(
+            registration.name, registration.version, f"{TEST_PREFIX}{key}", f"{value:.6g}"
+        )
+    client.set_model_version_tag(
+        registration.name, registration.version, f"{TEST_PREFIX}turns", str(turns)
+    )
+    shown = " ".join(f"{k}={v:.3f}" for k, v in metrics.items() if "/" not in k)
+    log.info(f"version {registration.version} on the test split ({turns} turns): {shown}")
+    return metrics
 
 
 def register_winner(
@@ -74,6 +134,8 @@ def register_winner(
         )
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    if registration.created:
+        tag_test_metrics(spec, client, registration, winner, base, task)
     for key, value in lineage.tags().items():
         client.set_tag(parent_id, key, value)
     client.set_tag(parent_id, REGISTERED_VERSION, registration.version)

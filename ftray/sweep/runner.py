@@ -93,11 +93,46 @@ def tune_storage_path(spec: Spec) -> str:
     return spec.storage.tune_path or str(Path(RESULTS_DIR).resolve())
 
 
-def make_trainable_for(spec: Spec, finished: dict[str, dict[str, Any]] | None = None) -> Any:
+def make_trainable_for(
+    spec: Spec,
+    finished: dict[str, dict[str, Any]] | None = None,
+    split: dict[str, Any] | None = None,
+) -> Any:
     """The Tune trainable (imported late: it pulls in the training stack)."""
     from ftray.sweep.trainable import make_trainable
 
-    return make_trainable(spec, finished)
+    return make_trainable(spec, finished, split)
+
+
+SPLIT_ARTIFACT = "split.json"
+
+
+def store_split(client: Any, parent_id: str, task: Task) -> dict[str, Any] | None:
+    """Keep the task's held-out split on the sweep's parent run (tasks that keep one)."""
+    record = task.split_record()
+    if record is not None:
+        client.log_dict(parent_id, record, SPLIT_ARTIFACT)
+    return record
+
+
+def reuse_stored_split(client: Any, parent_id: str, task: Task) -> dict[str, Any] | None:
+    """The split an interrupted sweep stored, applied to `task` (tasks that keep one)."""
+    if task.split_record() is None:
+        return None
+    import mlflow
+
+    try:
+        local = mlflow.artifacts.download_artifacts(
+            run_id=parent_id, artifact_path=SPLIT_ARTIFACT, tracking_uri=client.tracking_uri
+        )
+    except Exception as exc:  # MlflowException or OSError: the file is not there
+        raise RuntimeError(
+            f"the sweep to resume has no {SPLIT_ARTIFACT} on its parent run {parent_id}; "
+            "start a new sweep without --resume"
+        ) from exc
+    record = json.loads(Path(local).read_text(encoding="utf-8"))
+    task.reuse_split(record)
+    return record
 
 
 def build_tuner(
@@ -106,13 +141,14 @@ def build_tuner(
     experiment_name: str,
     study_name: str,
     stopper: StorageGuard | None = None,
+    split: dict[str, Any] | None = None,
 ) -> Any:
     """A fresh Tuner for the sweep."""
     from ray import tune
 
     assert spec.search is not None
     return tune.Tuner(
-        make_trainable_for(spec),
+        make_trainable_for(spec, split=split),
         tune_config=tune.TuneConfig(
             search_alg=build_searcher(spec, study_name),
             scheduler=build_scheduler(spec),
@@ -131,7 +167,12 @@ def build_tuner(
     )
 
 
-def restore_tuner(spec: Spec, recorder: SweepRecorder, experiment_path: str) -> Any:
+def restore_tuner(
+    spec: Spec,
+    recorder: SweepRecorder,
+    experiment_path: str,
+    split: dict[str, Any] | None = None,
+) -> Any:
     """The interrupted sweep's Tuner: unfinished and errored trials resume, finished ones stay.
 
     Tune restores the callback it saved with the experiment; that callback finds this
@@ -143,7 +184,7 @@ def restore_tuner(spec: Spec, recorder: SweepRecorder, experiment_path: str) -> 
         raise RuntimeError(f"no Ray Tune state to resume at {experiment_path}")
     return tune.Tuner.restore(
         experiment_path,
-        make_trainable_for(spec, recorder.finished_results()),
+        make_trainable_for(spec, recorder.finished_results(), split),
         resume_unfinished=True,
         resume_errored=True,
     )
@@ -355,9 +396,11 @@ def run_sweep(spec: Spec, task: Task, resume: bool = False, force: bool = False)
                 f"resuming sweep {parent.info.run_name} from {experiment_path}: "
                 f"{recorder.finished_count()} trials finished, {orphans} orphaned run(s) marked KILLED"
             )
-            tuner = restore_tuner(spec, recorder, experiment_path)
+            split = reuse_stored_split(client, parent_id, task)
+            tuner = restore_tuner(spec, recorder, experiment_path, split)
         else:
             record_search_settings(spec, client, parent_id)
+            split = store_split(client, parent_id, task)
             callback = RecordTrials(parent_id, storage_root)
             tuner = build_tuner(
                 spec,
@@ -365,6 +408,7 @@ def run_sweep(spec: Spec, task: Task, resume: bool = False, force: bool = False)
                 experiment_path.rsplit("/", 1)[1],
                 parent.data.tags[OPTUNA_STUDY],
                 guard,
+                split,
             )
         search = spec.search
         several = (

@@ -16,12 +16,20 @@ from ftray.models.backend import (
     resolve_backend_name,
 )
 from ftray.models.peft_backend import resolved_revision
+from ftray.tasks import load_task
 from ftray.training.report import EpochReport
 from ftray.training.trial import train_trial
 
 
-def make_trainable(spec: Spec, finished: dict[str, dict[str, Any]] | None = None) -> Any:
+def make_trainable(
+    spec: Spec,
+    finished: dict[str, dict[str, Any]] | None = None,
+    split: dict[str, Any] | None = None,
+) -> Any:
     """A Tune trainable bound to `spec`, asking for `resources_per_trial`.
+
+    `split` is the held-out split the sweep stored (tasks that keep one): every trial
+    trains and scores on it, whatever seed its configuration has.
 
     `finished` maps trial ids that already finished (per MLflow) to their last metrics: when
     Tune's saved state lags behind and restores such a trial, it reports those metrics
@@ -75,7 +83,10 @@ def make_trainable(spec: Spec, finished: dict[str, dict[str, Any]] | None = None
                 checkpoint=tune.Checkpoint.from_directory(str(epoch.adapter_dir)),
             )
 
-        train_trial(trial_spec, work, on_epoch=report)
+        task = load_task(trial_spec)
+        if split is not None:
+            task.reuse_split(split)
+        train_trial(trial_spec, work, task=task, on_epoch=report)
 
     resources = {"cpu": spec.resources_per_trial.cpu, "gpu": spec.resources_per_trial.gpu}
     return tune.with_resources(run_trial, resources)

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 BUILTIN_TASKS = (
     "ftray.tasks.trigger:TriggerTask",
     "ftray.tasks.pipeline:PipelineTask",
+    "ftray.tasks.chat:ChatTask",
 )
 
 _registry: dict[str, type[Task]] = {}

@@ -15,8 +15,8 @@ from ftray.config.task import TaskConfig
 if TYPE_CHECKING:
     from ftray.config.spec import Spec
 
-Message = dict[str, str]
-Row = dict[str, list[Message]]
+Message = dict[str, Any]
+Row = dict[str, Any]
 LOSS_METRICS = ("train_loss", "eval_loss")
 
 
@@ -40,6 +40,8 @@ class Task(ABC):
     """
 
     config_class: ClassVar[type[TaskConfig]]
+    keep_tokens: ClassVar[tuple[str, ...]] = ()
+    """Special tokens a scored answer needs (e.g. tool-call markup): decoding keeps these."""
     dataset_sha256: str
     max_new_tokens: int
 
@@ -64,6 +66,27 @@ class Task(ABC):
     def eval_cases(self) -> list[EvalCase]:
         """Held-out prompts whose greedy answers are scored."""
 
+    def test_cases(self) -> list[EvalCase]:
+        """Prompts held out from selection too, scored only for the registered version
+        (none unless the task keeps a test split)."""
+        return []
+
+    def trainer_rows(self, rows: list[Row], tokenizer: Any) -> list[dict[str, Any]]:
+        """`rows` as the trainer takes them. By default TRL's prompt-completion
+        conversations, which TRL tokenises itself; a task may tokenise here instead
+        (`input_ids` with `assistant_masks`)."""
+        del tokenizer
+        return rows
+
+    def split_record(self) -> dict[str, Any] | None:
+        """The held-out split to store beside a sweep, so trials and `--resume` reuse it
+        (None: the task recomputes its split from the seed)."""
+        return None
+
+    def reuse_split(self, record: dict[str, Any]) -> None:
+        """Use a split stored by `split_record`."""
+        del record
+
     @abstractmethod
     def score(
         self, cases: list[EvalCase], responses: list[str]
@@ -75,7 +98,10 @@ class Task(ABC):
         """sha256 of what a trial is scored on: the task kind, every held-out case (prompt,
         condition, expected answer) in order, and the generation budget. Two adapters are
         compared only when they were scored on the same fingerprint."""
-        cases = [[c.messages, c.condition, c.expected] for c in self.eval_cases()]
+        cases = [
+            [c.messages, c.condition, c.expected, *([c.extra] if c.extra else [])]
+            for c in self.eval_cases()
+        ]
         payload = {
             "kind": self.config_class.kind_name(),
             "cases": cases,

@@ -36,6 +36,8 @@ SELECTION = "ftray.selection"
 TUNE_EXPERIMENT = "ftray.tune_experiment"
 OPTUNA_STUDY = "ftray.optuna_study"
 REGISTERED_VERSION = "ftray.registered_version"
+TEST_PREFIX = "ftray.test."
+"""Version tags `ftray.test.<metric>`: the registered version scored on the test split."""
 LINEAGE_PREFIX = "ftray."
 """Lineage tags on a registered version: ftray.base_model, ftray.dataset_sha256, ..."""
 

@@ -7,9 +7,28 @@ from typing import Any
 from ftray.tasks import EvalCase, Message, Task
 
 
-def render_prompt(tokenizer: Any, messages: list[Message]) -> str:
-    """The prompt text exactly as training formats it: the chat template plus the assistant header."""
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+def render_prompt(
+    tokenizer: Any, messages: list[Message], tools: list[dict[str, Any]] | None = None
+) -> str:
+    """The prompt text exactly as training formats it: the chat template (with the
+    conversation's tools, if any) plus the assistant header."""
+    kwargs: dict[str, Any] = {"tools": tools} if tools else {}
+    return tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True, **kwargs
+    )
+
+
+def decode_keeping(tokenizer: Any, ids: Any, keep: tuple[str, ...]) -> str:
+    """The text of generated `ids` up to the end-of-turn token, with special tokens dropped
+    except those in `keep` (tool-call markup a tokenizer may mark special)."""
+    text = tokenizer.decode(ids, skip_special_tokens=False)
+    eos = tokenizer.eos_token
+    if eos and eos in text:
+        text = text[: text.index(eos)]
+    for token in tokenizer.all_special_tokens:
+        if token and token not in keep:
+            text = text.replace(token, "")
+    return text
 
 
 def generate(
@@ -18,8 +37,13 @@ def generate(
     conversations: list[list[Message]],
     max_new_tokens: int,
     batch_size: int = 16,
+    tools: list[list[dict[str, Any]] | None] | None = None,
+    keep_tokens: tuple[str, ...] = (),
 ) -> list[str]:
     """Greedy completions for each conversation, batched with left padding.
+
+    `tools` gives each conversation's tool definitions (rendered by the chat template);
+    `keep_tokens` are special tokens the answer keeps (see `decode_keeping`).
 
     The caller puts the model in inference mode (`Backend.generation_mode`): how to switch
     and switch back depends on the backend.
@@ -33,7 +57,8 @@ def generate(
     try:
         for start in range(0, len(conversations), batch_size):
             prompts = [
-                render_prompt(tokenizer, c) for c in conversations[start : start + batch_size]
+                render_prompt(tokenizer, c, tools[start + i] if tools else None)
+                for i, c in enumerate(conversations[start : start + batch_size])
             ]
             batch = tokenizer(
                 prompts, return_tensors="pt", padding=True, add_special_tokens=False
@@ -50,21 +75,33 @@ def generate(
                     eos_token_id=tokenizer.eos_token_id,
                 )
             new_tokens = output[:, batch["input_ids"].shape[1] :]
-            responses += [
-                text.strip()
-                for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-            ]
+            if keep_tokens:
+                texts = [decode_keeping(tokenizer, ids, keep_tokens) for ids in new_tokens]
+            else:
+                texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+            responses += [text.strip() for text in texts]
     finally:
         tokenizer.padding_side = previous_side
     return responses
 
 
 def evaluate(
-    task: Task, model: Any, tokenizer: Any, batch_size: int = 16
+    task: Task,
+    model: Any,
+    tokenizer: Any,
+    batch_size: int = 16,
+    cases: list[EvalCase] | None = None,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """The task's behaviour metrics on its held-out cases, and a sample per case."""
-    cases: list[EvalCase] = task.eval_cases()
+    """The task's behaviour metrics on `cases` (default: its held-out validation cases),
+    and a sample per case."""
+    cases = task.eval_cases() if cases is None else cases
     responses = generate(
-        model, tokenizer, [c.messages for c in cases], task.max_new_tokens, batch_size
+        model,
+        tokenizer,
+        [c.messages for c in cases],
+        task.max_new_tokens,
+        batch_size,
+        tools=[c.extra.get("tools") for c in cases],
+        keep_tokens=task.keep_tokens,
     )
     return task.score(cases, responses)

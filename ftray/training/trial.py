@@ -96,8 +96,8 @@ def build_trainer(
     trainer = SFTTrainer(
         model=model,
         args=sft_config(spec, output_dir),
-        train_dataset=Dataset.from_list(task.train_rows()),
-        eval_dataset=Dataset.from_list(task.eval_rows()),
+        train_dataset=Dataset.from_list(task.trainer_rows(task.train_rows(), tokenizer)),
+        eval_dataset=Dataset.from_list(task.trainer_rows(task.eval_rows(), tokenizer)),
         processing_class=tokenizer,
     )
     trainer.remove_callback(PrinterCallback)
@@ -121,13 +121,17 @@ def train_trial(
     """Train `spec` for its epochs, evaluating after each; returns the last epoch's report.
 
     Writes under `out_dir`: `checkpoints/epoch-N/` (adapter + tokenizer), `epochs.jsonl`,
-    and at the end `adapter/`, `metrics.json`, `samples.jsonl`.
+    `split.json` (tasks that keep a held-out split), and at the end `adapter/`,
+    `metrics.json`, `samples.jsonl`.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     task = task or load_task(spec)
     base = base or prepare_base(spec, task)
     (out / "epochs.jsonl").unlink(missing_ok=True)
+    split = task.split_record()
+    if split is not None:
+        (out / "split.json").write_text(json.dumps(split, indent=1) + "\n")
     log.info(
         f"training {spec.name}: base={spec.model.base} backend={spec.model.backend} "
         f"{len(task.train_rows())} rows x {spec.train.epochs} epochs"

@@ -168,12 +168,12 @@ def test_its_errors_are_reported_at_their_lines(echo_kind: None, tmp_path: Path,
 def test_unknown_kinds_are_listed_with_it(echo_kind: None, tmp_path: Path, capsys) -> None:
     assert main(["validate", str(write(tmp_path, SPEC.replace("kind: echo", "kind: parrot")))]) == 2
     (error,) = capsys.readouterr().err.strip().splitlines()
-    assert error.endswith("task.kind 'parrot' is not one of 'trigger', 'pipeline', 'echo'")
+    assert error.endswith("task.kind 'parrot' is not one of 'trigger', 'pipeline', 'chat', 'echo'")
 
 
 def test_without_registration_the_kind_is_refused(tmp_path: Path, capsys) -> None:
     assert main(["validate", str(write(tmp_path))]) == 2
-    assert "task.kind 'echo' is not one of 'trigger', 'pipeline'" in capsys.readouterr().err
+    assert "task.kind 'echo' is not one of 'trigger', 'pipeline', 'chat'" in capsys.readouterr().err
 
 
 def test_ftray_train_trains_it(echo_kind: None, tmp_path: Path, capsys) -> None:

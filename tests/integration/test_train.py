@@ -122,6 +122,27 @@ def test_pipeline_trial_reports_validity_metrics(tmp_path: Path) -> None:
     assert len(samples) == len(load_task(spec).eval_cases())
 
 
+def test_chat_train_reports_chat_metrics_and_writes_its_split(tmp_path: Path) -> None:
+    result = run_cli(
+        "train",
+        str(SPECS / "chat_tiny.yaml"),
+        "--set",
+        "train.epochs=1",
+        "--out",
+        str(tmp_path),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads(result.stdout.strip().splitlines()[-1])
+    for key in ("tool_call_valid", "tool_name_accuracy", "arguments_exact", "answer_exact"):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert 0.0 <= metrics["chat_score"] <= 1.0
+    task = load_task(load_spec(SPECS / "chat_tiny.yaml"))
+    assert json.loads((tmp_path / "split.json").read_text()) == task.split_record()
+    samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == len(task.eval_cases())
+    assert {s["condition"] for s in samples} == {"call", "answer"}
+
+
 def test_tiny_model_is_cached_by_content(tmp_path: Path) -> None:
     first = build_tiny_model(["alpha beta", "gamma"], tmp_path)
     mtime = (first / "config.json").stat().st_mtime_ns

@@ -9,6 +9,7 @@ import pytest
 from ftray.config import load_spec
 from ftray.sweep.space import check_search
 from ftray.tasks import load_task
+from ftray.tasks.chat import ChatConfig
 from ftray.tasks.pipeline import PipelineConfig
 from tests.conftest import DATASETS, SPECS
 
@@ -33,6 +34,8 @@ def _files_used_by(path: Path) -> set[Path]:
             for s in spec.task.steps.values()
             if isinstance(s.json_schema, str)
         }
+    if isinstance(spec.task, ChatConfig) and spec.task.tools:
+        used.add(Path(spec.task.tools))
     return used
 
 

@@ -1,0 +1,61 @@
+"""A real chat sweep: the split is stored on the sweep and reused, trials are scored on the
+validation conversations, and only the registered version is scored on the test ones."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from ftray.config import load_spec
+from ftray.tasks import load_task
+from tests.conftest import SPECS, run_cli
+from tests.e2e.test_sweep import children_of, overrides
+
+pytestmark = pytest.mark.slow
+
+
+def test_chat_sweep_optimises_chat_score_and_tests_only_the_registered_version(
+    tmp_path: Path,
+) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = run_cli(
+        "sweep",
+        str(SPECS / "chat_tiny.yaml"),
+        *overrides("search.num_trials=2", "train.epochs=2"),
+        cwd=tmp_path,
+        env={"MLFLOW_TRACKING_URI": uri},
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("chat-tiny")
+    (parent,) = [
+        r
+        for r in client.search_runs([experiment.experiment_id])
+        if r.data.tags.get("ftray.role") == "sweep"
+    ]
+    assert parent.data.params["search.objective"] == "chat_score"
+
+    # the split lives on the sweep and is the one the spec's seed gives
+    stored = json.loads(
+        Path(client.download_artifacts(parent.info.run_id, "split.json", str(tmp_path))).read_text()
+    )
+    expected = load_task(load_spec(SPECS / "chat_tiny.yaml")).split_record()
+    assert stored == expected
+    assert stored["test"] and stored["validation"] and stored["train"]
+
+    children = children_of(client, parent.info.run_id, experiment.experiment_id)
+    assert len(children) == 2
+    for child in children:
+        assert "chat_score" in child.data.metrics and "tool_call_valid" in child.data.metrics
+        assert not [k for k in child.data.metrics if k.startswith("test")]
+        assert not [k for k in child.data.tags if k.startswith("ftray.test.")]
+
+    champion = client.get_model_version_by_alias("chat-tiny", "champion")
+    tags = champion.tags
+    assert int(tags["ftray.test.turns"]) > 0
+    for metric in ("chat_score", "tool_call_valid", "tool_name_accuracy"):
+        assert 0.0 <= float(tags[f"ftray.test.{metric}"]) <= 1.0
+    assert not [k for k in parent.data.metrics if k.startswith("test")]
