@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import jsonschema
 from jsonschema.validators import validator_for
 from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -27,6 +26,7 @@ from ftray.config.task import TaskConfig
 from ftray.errors import InputError, Problem
 from ftray.tasks.base import EvalCase, Row, Task
 from ftray.tasks.jsonl import MAX_PROBLEMS, read_jsonl, require_data, sha256_of
+from ftray.tasks.schemas import check_json_schema, schema_violation
 
 ROLES = ("system", "user", "assistant", "tool")
 MESSAGE_KEYS = {"role", "content", "tool_calls", "name", "tool_call_id"}
@@ -127,9 +127,9 @@ def normalise_tools(value: Any) -> list[dict[str, Any]]:
         if not isinstance(schema, dict):
             raise ValueError(f"tool '{name}': its arguments schema must be an object")
         try:
-            validator_for(schema).check_schema(schema)
-        except jsonschema.SchemaError as exc:
-            raise ValueError(f"tool '{name}': not a valid JSON Schema: {exc.message}") from None
+            check_json_schema(schema)
+        except ValueError as exc:
+            raise ValueError(f"tool '{name}': {exc}") from None
     return items
 
 
@@ -363,12 +363,9 @@ def _template_call(call: Any, where: str, validators: dict[str, Any]) -> dict[st
             f"{where}: calls tool '{name}', which is not among the tools (known: {known}); "
             "add it to task.tools or fix the call"
         )
-    error = jsonschema.exceptions.best_match(validators[name].iter_errors(arguments))
-    if error is not None:
-        at = "/".join(str(p) for p in error.absolute_path) or "(top level)"
-        raise _RowProblem(
-            f"{where}: arguments of '{name}' fail its schema at {at}: {error.message}"
-        )
+    violation = schema_violation(validators[name], arguments)
+    if violation is not None:
+        raise _RowProblem(f"{where}: arguments of '{name}' fail its schema {violation}")
     return {"type": "function", "function": {"name": name, "arguments": arguments}}
 
 

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import jsonschema
 from jsonschema.validators import validator_for
 from pydantic import ConfigDict, Field, ValidationInfo, field_validator
 
@@ -20,6 +19,7 @@ from ftray.config.task import TaskConfig
 from ftray.errors import InputError, Problem
 from ftray.tasks.base import EvalCase, Row, Task
 from ftray.tasks.jsonl import MAX_PROBLEMS, check_keys, read_jsonl, require_data, sha256_of
+from ftray.tasks.schemas import check_json_schema, schema_violation
 
 _FENCE = re.compile(r"^```(?:json)?\s*\n?(.*?)\n?```$", re.DOTALL)
 SCORES = ("json_valid", "schema_valid", "field_accuracy")
@@ -120,12 +120,7 @@ def load_schema(value: dict[str, Any] | str) -> dict[str, Any]:
             schema = _json_pointer(document, pointer)
         except (KeyError, IndexError, ValueError, TypeError):
             raise ValueError(f"pointer '#{pointer}' finds nothing in {path}") from None
-    if not isinstance(schema, dict):
-        raise ValueError(f"a JSON Schema must be an object, got {type(schema).__name__}")
-    try:
-        validator_for(schema).check_schema(schema)
-    except jsonschema.SchemaError as exc:
-        raise ValueError(f"not a valid JSON Schema: {exc.message}") from None
+    check_json_schema(schema)
     return schema
 
 
@@ -251,14 +246,9 @@ class PipelineTask(Task):
             return Problem(
                 str(file), number, f"output must be a JSON object, got {type(output).__name__}"
             )
-        error = jsonschema.exceptions.best_match(
-            validator_for(schemas[step])(schemas[step]).iter_errors(output)
-        )
-        if error is not None:
-            where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
-            return Problem(
-                str(file), number, f"output fails step '{step}' schema at {where}: {error.message}"
-            )
+        violation = schema_violation(validator_for(schemas[step])(schemas[step]), output)
+        if violation is not None:
+            return Problem(str(file), number, f"output fails step '{step}' schema {violation}")
         return None
 
     @staticmethod
