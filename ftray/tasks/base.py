@@ -20,6 +20,22 @@ Row = dict[str, Any]
 LOSS_METRICS = ("train_loss", "eval_loss")
 
 
+def render_chat(
+    tokenizer: Any,
+    messages: list[Message],
+    tools: list[dict[str, Any]] | None = None,
+    add_generation_prompt: bool = False,
+) -> str:
+    """A conversation as text through the tokenizer's chat template (with `tools`, if any)."""
+    kwargs: dict[str, Any] = {"tools": tools} if tools else {}
+    text = tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs
+    )
+    if not isinstance(text, str):
+        raise TypeError(f"apply_chat_template(tokenize=False) returned {type(text).__name__}")
+    return text
+
+
 @dataclass(frozen=True)
 class EvalCase:
     """One held-out prompt to answer greedily, with what a right answer looks like."""

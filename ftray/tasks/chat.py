@@ -24,7 +24,7 @@ from ftray.config.fields import Float, Int, resolve_path
 from ftray.config.spec import Spec
 from ftray.config.task import TaskConfig
 from ftray.errors import InputError, Problem
-from ftray.tasks.base import EvalCase, Row, Task
+from ftray.tasks.base import EvalCase, Row, Task, render_chat
 from ftray.tasks.jsonl import MAX_PROBLEMS, read_jsonl, require_data, sha256_of
 from ftray.tasks.schemas import check_json_schema, schema_violation
 
@@ -467,16 +467,6 @@ class TemplateMismatch(ValueError):
     """The chat template renders a conversation's prefix differently from the whole."""
 
 
-def _render(tokenizer: Any, messages: list[dict[str, Any]], tools: list[Any], gen: bool) -> str:
-    kwargs: dict[str, Any] = {"tools": tools} if tools else {}
-    text = tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=gen, **kwargs
-    )
-    if not isinstance(text, str):
-        raise TypeError(f"apply_chat_template(tokenize=False) returned {type(text).__name__}")
-    return text
-
-
 def _turn_end(tokenizer: Any, turn: str, start: int) -> int:
     """Where an assistant turn's trained text ends: just after its end-of-turn token (what
     follows, e.g. a newline, is context the model never has to produce)."""
@@ -495,13 +485,13 @@ def render_segments(
     the template renders earlier turns differently once later ones exist (Qwen3 drops past
     reasoning), one sequence per assistant turn, each training its last turn only.
     """
-    full = _render(tokenizer, messages, tools, gen=False)
+    full = render_chat(tokenizer, messages, tools)
     spans: list[tuple[str, int, int]] = []  # (rendered prefix, start, end) per assistant turn
     for index, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        prompt = _render(tokenizer, messages[:index], tools, gen=True)
-        turn = _render(tokenizer, messages[: index + 1], tools, gen=False)
+        prompt = render_chat(tokenizer, messages[:index], tools, add_generation_prompt=True)
+        turn = render_chat(tokenizer, messages[: index + 1], tools)
         if not turn.startswith(prompt):
             raise TemplateMismatch(
                 "the chat template renders an assistant turn without the generation prompt "

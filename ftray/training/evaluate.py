@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ftray.tasks import EvalCase, Message, Task
+from ftray.tasks.base import render_chat
 
 
 def render_prompt(
@@ -12,10 +13,7 @@ def render_prompt(
 ) -> str:
     """The prompt text exactly as training formats it: the chat template (with the
     conversation's tools, if any) plus the assistant header."""
-    kwargs: dict[str, Any] = {"tools": tools} if tools else {}
-    return tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=True, **kwargs
-    )
+    return render_chat(tokenizer, messages, tools, add_generation_prompt=True)
 
 
 def decode_keeping(tokenizer: Any, ids: Any, keep: tuple[str, ...]) -> str:
