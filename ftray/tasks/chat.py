@@ -216,14 +216,18 @@ def split_think(text: str) -> tuple[bool, bool, str]:
     if not opens and not closes:
         return False, False, stripped
     rest = stripped[stripped.rindex(THINK_CLOSE) + len(THINK_CLOSE) :] if closes else ""
-    well_formed = (
-        opens == 1
-        and closes == 1
-        and stripped.startswith(THINK_OPEN)
+    return True, opens_with_one_think_block(stripped) and bool(rest.strip()), rest.strip()
+
+
+def opens_with_one_think_block(text: str) -> bool:
+    """Whether `text` opens with `<think>` and holds exactly one `<think>...</think>` block."""
+    stripped = text.strip()
+    return (
+        stripped.startswith(THINK_OPEN)
+        and stripped.count(THINK_OPEN) == 1
+        and stripped.count(THINK_CLOSE) == 1
         and stripped.index(THINK_CLOSE) > stripped.index(THINK_OPEN)
-        and bool(rest.strip())
     )
-    return True, well_formed, rest.strip()
 
 
 def parse_response(text: str) -> ParsedResponse:
@@ -370,11 +374,8 @@ def _template_call(call: Any, where: str, validators: dict[str, Any]) -> dict[st
 
 
 def _check_think(content: str, where: str) -> None:
-    if (THINK_OPEN in content or THINK_CLOSE in content) and not (
-        content.strip().startswith(THINK_OPEN)
-        and content.count(THINK_OPEN) == 1
-        and content.count(THINK_CLOSE) == 1
-        and content.index(THINK_CLOSE) > content.index(THINK_OPEN)
+    if (THINK_OPEN in content or THINK_CLOSE in content) and not opens_with_one_think_block(
+        content
     ):
         raise _RowProblem(
             f"{where}: a <think> block must open the turn and be closed once: <think>...</think> answer"
