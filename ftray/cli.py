@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 from ftray import __version__
@@ -71,10 +72,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     from mlflow import MlflowClient
 
+    from ftray.sweep.pending import PendingTimeout
     from ftray.sweep.runner import NothingToResume, SweepInterrupted, run_sweep
     from ftray.tracking.leaderboard import render_leaderboard
     from ftray.tracking.store import tracking_uri
-    from ftray.tracking.tags import TrialStatus
 
     try:
         result = run_sweep(spec, task, resume=args.resume, force=args.force)
@@ -89,6 +90,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
+    except PendingTimeout as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
     board = render_leaderboard(MlflowClient(result.tracking_uri), spec)
     print(board or "no trials recorded")
     if result.registration is not None:
@@ -103,15 +107,17 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(result.unregistered_reason)
     print(f"Ray Tune results: {result.experiment_path}")
     print(f"open MLflow: mlflow ui --backend-store-uri {result.tracking_uri}")
-    failed = [o for o in result.outcomes if o.status is TrialStatus.FAILED]
-    if len(failed) == len(result.outcomes):
-        causes = sorted({o.error for o in failed if o.error})
+    if result.all_failed:
+        causes = Counter(o.error or "no error recorded" for o in result.outcomes)
         print(
-            f"error: all {len(failed)} trials failed; see the Ray Tune results folder",
+            f"error: all {len(result.outcomes)} trials failed; nothing registered; their logs "
+            f"are in {result.experiment_path}",
             file=sys.stderr,
         )
-        for cause in causes:
-            print(f"error: trial failure: {cause}", file=sys.stderr)
+        for cause, count in causes.most_common():
+            print(
+                f"error: trial failure: {cause} ({count} trial{'s' * (count > 1)})", file=sys.stderr
+            )
         return EXIT_RUNTIME
     return EXIT_OK
 
@@ -309,8 +315,9 @@ def main(argv: list[str] | None = None) -> int:
         from ftray.export.errors import ExportFailed
         from ftray.models.backend import BackendUnavailable
         from ftray.models.peft_backend import BaseModelMissing
+        from ftray.training.report import NonFiniteLoss
 
-        if isinstance(exc, BackendUnavailable | ExportFailed | BaseModelMissing):
+        if isinstance(exc, BackendUnavailable | ExportFailed | BaseModelMissing | NonFiniteLoss):
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_RUNTIME
         raise

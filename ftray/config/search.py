@@ -181,6 +181,9 @@ class SearchSpec(Frozen):
     num_trials: Int = Field(default=8, ge=1)
     max_concurrent_trials: Int = Field(default=2, ge=1)
     scheduler: Literal["asha", "fifo"] = "asha"
+    pending_timeout: Float = Field(default=1800, gt=0)
+    """Seconds trials may wait for resources while none runs (an autoscaling cluster adding
+    nodes); then the sweep stops and fails."""
     space: dict[str, Distribution] = Field(default_factory=dict)
 
     @model_validator(mode="after")

@@ -16,6 +16,7 @@ from ftray.errors import InputError
 from ftray.log import get_logger
 from ftray.sweep.callback import RecordTrials
 from ftray.sweep.objectives import TrialOutcome, choose_winner, pareto_front, ranked
+from ftray.sweep.pending import PendingTimeout, PendingWatch, trial_resources, warn_if_unavailable
 from ftray.sweep.register import register_winner
 from ftray.sweep.searcher import build_scheduler, build_searcher
 from ftray.sweep.storage import StorageGuard, guard_shared_storage, storage_problem
@@ -59,6 +60,11 @@ class SweepResult:
     registration: Registration | None
     tracking_uri: str
     unregistered_reason: str | None = None
+
+    @property
+    def all_failed(self) -> bool:
+        """Every trial failed (the sweep failed: nothing registered, parent run FAILED)."""
+        return bool(self.outcomes) and all(o.status is TrialStatus.FAILED for o in self.outcomes)
 
 
 class NothingToResume(Exception):
@@ -140,11 +146,13 @@ def build_tuner(
     callback: RecordTrials,
     experiment_name: str,
     study_name: str,
+    watch: PendingWatch,
     stopper: StorageGuard | None = None,
     split: dict[str, Any] | None = None,
 ) -> Any:
-    """A fresh Tuner for the sweep."""
+    """A fresh Tuner for the sweep; `watch` stops it when trials wait too long for resources."""
     from ray import tune
+    from ray.tune.stopper import CombinedStopper
 
     assert spec.search is not None
     return tune.Tuner(
@@ -158,8 +166,8 @@ def build_tuner(
         run_config=tune.RunConfig(
             name=experiment_name,
             storage_path=tune_storage_path(spec),
-            callbacks=[callback],
-            stop=stopper,
+            callbacks=[callback, watch],
+            stop=CombinedStopper(stopper, watch) if stopper is not None else watch,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=0),
             verbose=0,
@@ -367,6 +375,7 @@ def run_sweep(spec: Spec, task: Task, resume: bool = False, force: bool = False)
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
     init_ray()
+    warned = bool(os.environ.get("RAY_ADDRESS")) and warn_if_unavailable(spec)
     if resume:
         parent = latest_sweep_run(client, spec)
         if parent is None:
@@ -389,6 +398,7 @@ def run_sweep(spec: Spec, task: Task, resume: bool = False, force: bool = False)
     experiment_path = parent.data.tags[TUNE_EXPERIMENT]
     recorder = SweepRecorder(uri, experiment_id, parent_id, spec)
     status = "FAILED"
+    search = spec.search
     try:
         if resume:
             orphans = recorder.adopt_existing_runs()
@@ -402,15 +412,18 @@ def run_sweep(spec: Spec, task: Task, resume: bool = False, force: bool = False)
             record_search_settings(spec, client, parent_id)
             split = store_split(client, parent_id, task)
             callback = RecordTrials(parent_id, storage_root)
+            watch = PendingWatch(
+                experiment_path, search.pending_timeout, trial_resources(spec), warned
+            )
             tuner = build_tuner(
                 spec,
                 callback,
                 experiment_path.rsplit("/", 1)[1],
                 parent.data.tags[OPTUNA_STUDY],
+                watch,
                 guard,
                 split,
             )
-        search = spec.search
         several = (
             f"; objectives {', '.join(str(g) for g in search.goals)}"
             if len(search.goals) > 1
@@ -425,6 +438,9 @@ def run_sweep(spec: Spec, task: Task, resume: bool = False, force: bool = False)
         blind = StorageGuard.problem_for(storage_root)
         if blind:
             raise InputError([storage_problem(spec, blind)])
+        stalled = PendingWatch.finding_for(experiment_path)
+        if stalled:
+            raise PendingTimeout(stalled)
         outcomes = collect_outcomes(spec, grid, recorder)
         terminal = [o for o in outcomes if o.status.finished or o.status is TrialStatus.FAILED]
         if len(terminal) < search.num_trials:
@@ -447,8 +463,9 @@ def run_sweep(spec: Spec, task: Task, resume: bool = False, force: bool = False)
         else:
             log.warning("no trial finished with a checkpoint; nothing registered")
         log_sweep_plots(spec, client, parent_id, outcomes)
-        status = "FINISHED"
-        return SweepResult(parent_id, grid.experiment_path, outcomes, registration, uri, reason)
+        result = SweepResult(parent_id, grid.experiment_path, outcomes, registration, uri, reason)
+        status = "FAILED" if result.all_failed else "FINISHED"
+        return result
     except KeyboardInterrupt:
         status = "KILLED"
         raise

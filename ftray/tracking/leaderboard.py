@@ -14,7 +14,15 @@ from typing import Any
 from ftray.config.search import Objective, SelectRule
 from ftray.config.spec import Spec
 from ftray.tracking.store import child_runs, latest_sweep_run
-from ftray.tracking.tags import OBJECTIVES, PARETO, SELECT, TRIAL_ID, TRIAL_STATUS, TrialStatus
+from ftray.tracking.tags import (
+    OBJECTIVES,
+    PARETO,
+    SELECT,
+    TRIAL_ERROR,
+    TRIAL_ID,
+    TRIAL_STATUS,
+    TrialStatus,
+)
 
 STATUS_RANK = {TrialStatus.COMPLETED.value: 0, TrialStatus.PRUNED.value: 1}
 
@@ -76,6 +84,7 @@ def leaderboard_rows(
         for path in spec.search.space:
             row[path] = run.data.params.get(path, "")
         row["run_id"] = run.info.run_id
+        row["_error"] = run.data.tags.get(TRIAL_ERROR, "")
         row["_key"] = rank_key(row["status"], metrics, rule)
         rows.append(row)
     return sorted(rows, key=lambda row: row["_key"])
@@ -122,6 +131,9 @@ def render_leaderboard(client: Any, spec: Spec) -> str | None:
         f"{describe_search(goals, rule)}"
     )
     text = title + "\n" + format_table(rows, columns)
+    for row in rows:
+        if row["status"] == TrialStatus.FAILED.value:
+            text += f"\nfailed: trial {row['trial']}: {row['_error'] or 'no error recorded'}"
     if pareto:
         text += (
             "\npareto: yes = on the Pareto front of the completed trials; trials stopped early "

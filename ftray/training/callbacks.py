@@ -8,6 +8,7 @@ Imports transformers: import this module only after the backend has loaded the m
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -19,15 +20,27 @@ from ftray.log import get_logger
 from ftray.models.backend import Backend
 from ftray.tasks import Task
 from ftray.training.evaluate import evaluate
-from ftray.training.report import EpochHook, EpochReport
+from ftray.training.report import EpochHook, EpochReport, NonFiniteLoss
 
 log = get_logger()
+
+
+def diverged(spec: Spec, what: str, value: float, when: str) -> NonFiniteLoss:
+    """The error that fails a trial whose loss is NaN or infinite."""
+    return NonFiniteLoss(
+        f"{what} is {value} {when}: training diverged with "
+        f"train.learning_rate={spec.train.learning_rate:g}; lower it or narrow the search space"
+    )
 
 
 class EpochEvaluation(TrainerCallback):
     """After the Trainer's evaluation of each epoch: score behaviour, save the adapter under
     `out/checkpoints/epoch-N/`, append to `out/epochs.jsonl`, and call `on_epoch` (which may
-    stop training by returning True). `reports` holds every epoch's report."""
+    stop training by returning True). `reports` holds every epoch's report.
+
+    A NaN or infinite loss (a logged training step or an epoch's eval loss) raises
+    `NonFiniteLoss` at once: the epoch is neither scored nor reported.
+    """
 
     def __init__(
         self, spec: Spec, task: Task, backend: Backend, out: Path, on_epoch: EpochHook | None
@@ -45,7 +58,10 @@ class EpochEvaluation(TrainerCallback):
         self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any
     ) -> None:
         if logs and "loss" in logs:
-            self.losses.append(float(logs["loss"]))
+            loss = float(logs["loss"])
+            if not math.isfinite(loss):
+                raise diverged(self.spec, "train_loss", loss, f"at step {state.global_step}")
+            self.losses.append(loss)
 
     def on_evaluate(
         self,
@@ -59,6 +75,9 @@ class EpochEvaluation(TrainerCallback):
         **kw: Any,
     ) -> None:
         epoch = round(state.epoch or 0)
+        eval_loss = float((metrics or {}).get("eval_loss", float("nan")))
+        if "eval_loss" in (metrics or {}) and not math.isfinite(eval_loss):
+            raise diverged(self.spec, "eval_loss", eval_loss, f"after epoch {epoch}")
         with self.backend.generation_mode(model):
             behaviour, samples = evaluate(
                 self.task, model, processing_class, self.spec.train.batch_size * 2
@@ -67,7 +86,7 @@ class EpochEvaluation(TrainerCallback):
         self.losses = []
         epoch_metrics = {
             "train_loss": train_loss,
-            "eval_loss": float((metrics or {}).get("eval_loss", float("nan"))),
+            "eval_loss": eval_loss,
             **behaviour,
         }
         adapter_dir = self.out / "checkpoints" / f"epoch-{epoch}"

@@ -18,5 +18,10 @@ class EpochReport:
     samples: list[dict[str, Any]] = field(repr=False)
 
 
+class NonFiniteLoss(RuntimeError):
+    """Training diverged: a loss became NaN or infinite, so the trial fails (it is never
+    reported as a result, scored or registered)."""
+
+
 EpochHook = Callable[[EpochReport], bool | None]
 """Called after each epoch; returning True stops training early."""

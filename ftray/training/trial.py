@@ -70,6 +70,8 @@ def sft_config(spec: Spec, output_dir: Path) -> Any:
         save_strategy="no",
         logging_strategy="steps",
         logging_steps=1,
+        # Log a NaN/inf step loss as it is (the default hides it), so divergence fails the trial.
+        logging_nan_inf_filter=False,
         report_to="none",
         seed=spec.train.seed,
         data_seed=spec.train.seed,
