@@ -43,7 +43,7 @@ from ftray.tracking.tags import (
     TUNE_EXPERIMENT,
     TrialStatus,
 )
-from ftray.training.trial import prepare_base
+from ftray.training.trial import check_answer_lengths_locally, prepare_base
 
 RESULTS_DIR = "ray_results"
 log = get_logger()
@@ -362,6 +362,7 @@ def run_sweep(spec: Spec, task: Task, resume: bool = False, force: bool = False)
     started = time.monotonic()
     log.info(f"preparing data and base model for {spec.name}")
     base = prepare_base(spec, task)  # the tiny model is built once, here, not per trial
+    check_answer_lengths_locally(spec, task, base)  # rows that would train nothing: exit 2 now
 
     uri = tracking_uri(spec)
     mlflow.set_tracking_uri(uri)
