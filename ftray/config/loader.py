@@ -53,7 +53,7 @@ def duplicate_keys(node: yaml.Node, path: Path) -> list[Problem]:
                                 str(path),
                                 line,
                                 f"'{dotted}' is given twice (first at line {first[key.value]}); "
-                                "YAML would silently keep this one: remove one of them",
+                                "YAML would silently keep only the last: remove all but one",
                             )
                         )
                     else:
@@ -139,7 +139,8 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
     if reason == "not found":
         raise InputError.at(path, None, "spec file not found; check the path")
     if reason is not None:
-        raise InputError.at(path, None, f"spec {reason}; name a YAML spec file")
+        fix = "; name a YAML spec file" if "folder" in reason else ""
+        raise InputError.at(path, None, f"spec {reason}{fix}")
     text = read_text(path, "spec")
     try:
         node = yaml.compose(text)

@@ -56,6 +56,7 @@ def check_answer_lengths_locally(spec: Spec, task: Task, base: str) -> None:
         return
     from ftray.models.peft_backend import load_tokenizer
 
+    quiet_libraries()  # no "sequence longer than the model's maximum" lines: that is the point
     try:
         tokenizer = load_tokenizer(base)
     except (OSError, ValueError):
