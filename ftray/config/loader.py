@@ -159,10 +159,9 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
         )
 
     lines: dict[tuple[str, ...], int] = {}
+    repeated: list[Problem] = []
     if node is not None:
         repeated = duplicate_keys(node, path)
-        if repeated:
-            raise InputError(repeated)
         _node_lines(node, (), lines, set())
     sha = hashlib.sha256(text.encode())
     for override in overrides:
@@ -176,5 +175,7 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
     try:
         spec = spec_model().model_validate(raw, context={"base_dir": path.resolve().parent})
     except ValidationError as exc:
-        raise validation_problems(exc, source) from None
+        raise InputError(repeated + validation_problems(exc, source).problems) from None
+    if repeated:
+        raise InputError(repeated)
     return spec.attach_source(source)

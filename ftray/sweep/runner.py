@@ -18,6 +18,7 @@ from ftray.sweep.callback import RecordTrials
 from ftray.sweep.objectives import TrialOutcome, choose_winner, pareto_front, ranked
 from ftray.sweep.register import register_winner
 from ftray.sweep.searcher import build_scheduler, build_searcher
+from ftray.sweep.space import shortest_seq_length
 from ftray.sweep.storage import StorageGuard, guard_shared_storage, storage_problem
 from ftray.tasks import Task
 from ftray.tracking.recorder import SweepRecorder
@@ -362,7 +363,8 @@ def run_sweep(spec: Spec, task: Task, resume: bool = False, force: bool = False)
     started = time.monotonic()
     log.info(f"preparing data and base model for {spec.name}")
     base = prepare_base(spec, task)  # the tiny model is built once, here, not per trial
-    check_answer_lengths_locally(spec, task, base)  # rows that would train nothing: exit 2 now
+    # Rows that would train nothing in some trial: exit 2 now, not in every such trial.
+    check_answer_lengths_locally(spec, task, base, shortest_seq_length(spec))
 
     uri = tracking_uri(spec)
     mlflow.set_tracking_uri(uri)

@@ -151,6 +151,14 @@ def optuna_space(spec: Spec) -> dict[str, Any]:
     return {path: optuna_distribution(d) for path, d in spec.search.space.items()}
 
 
+def shortest_seq_length(spec: Spec) -> int:
+    """The smallest model.max_seq_length any trial can get (it may itself be searched)."""
+    searched = spec.search.space.get("model.max_seq_length") if spec.search else None
+    if searched is None:
+        return spec.model.max_seq_length
+    return min(int(value) for value in searched.values())
+
+
 def max_epochs(spec: Spec) -> int:
     """The most epochs any trial can run (train.epochs may itself be searched)."""
     assert spec.search is not None

@@ -49,9 +49,10 @@ def prepare_base(spec: Spec, task: Task) -> str:
     return spec.model.base
 
 
-def check_answer_lengths_locally(spec: Spec, task: Task, base: str) -> None:
-    """The answer-length check before any model is loaded, when the base's tokenizer is a
-    folder on this machine (the tiny model, a local path); trials check it in any case."""
+def check_answer_lengths_locally(spec: Spec, task: Task, base: str, max_length: int) -> None:
+    """The answer-length check at `max_length` tokens before any model is loaded, when the
+    base's tokenizer is a folder on this machine (the tiny model, a local path); trials
+    check it in any case."""
     if not Path(base).is_dir():
         return
     from ftray.models.peft_backend import load_tokenizer
@@ -61,7 +62,7 @@ def check_answer_lengths_locally(spec: Spec, task: Task, base: str) -> None:
         tokenizer = load_tokenizer(base)
     except (OSError, ValueError):
         return  # the trial loads it again and says what is wrong
-    check_answer_lengths(task, tokenizer, spec.model.max_seq_length)
+    check_answer_lengths(task, tokenizer, max_length)
 
 
 def sft_config(spec: Spec, output_dir: Path) -> Any:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from ftray.cli import main
+from ftray.sweep.resources import local_cpu_count
 
 ERROR_LINE = re.compile(r"^error: (?P<file>.+?):(?:(?P<line>\d+):)? (?P<what>.+)$")
 
@@ -228,6 +229,14 @@ def _answer_cut_away(tmp: Path) -> list[str]:
     return sweep(trigger(tmp, data=jsonl(rows)))
 
 
+def _answer_cut_away_in_some_trials(tmp: Path) -> list[str]:
+    spec = spec_with("max_seq_length: 128", "max_seq_length: 65536").replace(
+        "lora.r: {choice: [4, 8]}", "model.max_seq_length: {choice: [128, 65536]}"
+    )
+    rows = [*QA_ROWS[:2], {"question": LONG_QUESTION, "answer": "{{name}} knows."}, *QA_ROWS[2:]]
+    return sweep(trigger(tmp, spec, data=jsonl(rows)))
+
+
 def _answer_cut_away_in_train(tmp: Path) -> list[str]:
     rows = [*QA_ROWS[:4], {"question": LONG_QUESTION, "answer": "{{name}} knows."}, *QA_ROWS[4:]]
     return ["train", str(trigger(tmp, data=jsonl(rows))), "--out", str(tmp / "out")]
@@ -360,7 +369,7 @@ CASES = [
         lambda t: sweep(trigger(t, spec_with("{cpu: 1,", "{cpu: 100000,"))),
         "spec.yaml",
         RESOURCES_LINE,
-        f"resources_per_trial.cpu 100000 asks for more than this machine has: {os.cpu_count()}",
+        f"resources_per_trial.cpu 100000 asks for more than this machine has: {local_cpu_count()}",
     ),
     # --- trigger data ---
     Case("data-not-utf8", _data_not_utf8, "qa.jsonl", 3, "byte 0xe9 at column 18 is not UTF-8"),
@@ -381,6 +390,13 @@ CASES = [
         "qa.jsonl",
         3,
         "past model.max_seq_length 128: all of it is cut and the row trains nothing",
+    ),
+    Case(
+        "answer-cut-away-in-searched-length",
+        _answer_cut_away_in_some_trials,
+        "qa.jsonl",
+        3,
+        "past model.max_seq_length 128: all of it is cut",
     ),
     Case(
         "answer-cut-away-train",
