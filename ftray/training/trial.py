@@ -62,7 +62,10 @@ def check_answer_lengths_locally(spec: Spec, task: Task, base: str, max_length: 
         tokenizer = load_tokenizer(base)
     except (OSError, ValueError):
         return  # the trial loads it again and says what is wrong
-    check_answer_lengths(task, tokenizer, max_length)
+    try:
+        check_answer_lengths(task, tokenizer, max_length)
+    except ValueError:
+        return  # the chat template cannot be split into turns: the trial says so
 
 
 def sft_config(spec: Spec, output_dir: Path) -> Any:
