@@ -30,12 +30,19 @@ def _add_spec_args(parser: argparse.ArgumentParser) -> None:
 def cmd_validate(args: argparse.Namespace) -> int:
     """Check spec, data and search space; start nothing."""
     from ftray.config import load_spec
-    from ftray.sweep.space import check_search
+    from ftray.sweep.resources import local_resource_problems
+    from ftray.sweep.space import check_search, search_warnings
     from ftray.tasks import load_task
 
     spec = load_spec(args.spec, args.overrides)
     task = load_task(spec)
     check_search(spec, task)
+    log = get_logger()
+    for warning in search_warnings(spec):
+        log.warning(str(warning))
+    for problem in local_resource_problems(spec):
+        # A spec for a cluster is fine to check here; only a local sweep refuses it.
+        log.warning(f"{problem} (ftray sweep without RAY_ADDRESS refuses this)")
     dims = len(spec.search.space) if spec.search else 0
     print(
         f"ok: {args.spec}: task {spec.task.kind}, {len(task.train_rows())} training rows, "

@@ -10,6 +10,8 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationInfo
 from pydantic_core import PydanticCustomError
 
+from ftray.config.files import resolved
+
 _EXPONENT_WITHOUT_DOT = re.compile(r"^\s*([+-]?\d+)([eE][+-]?\d+)\s*$")
 
 
@@ -50,4 +52,4 @@ def resolve_path(value: str, info: ValidationInfo) -> str:
     path = Path(value).expanduser()
     if not path.is_absolute() and base is not None:
         path = Path(base) / path
-    return str(path.resolve()) if base is not None else str(path)
+    return str(resolved(path)) if base is not None else str(path)

@@ -11,20 +11,60 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from ftray.config.files import path_problem, read_text
 from ftray.config.spec import Spec, SpecSource, set_dotted, spec_model
-from ftray.errors import InputError
+from ftray.errors import InputError, Problem
 
 
-def _node_lines(node: yaml.Node, prefix: tuple[str, ...], out: dict[tuple[str, ...], int]) -> None:
+def _node_lines(
+    node: yaml.Node, prefix: tuple[str, ...], out: dict[tuple[str, ...], int], seen: set[int]
+) -> None:
     out.setdefault(prefix, node.start_mark.line + 1)
+    if id(node) in seen:  # an alias that leads back to its own anchor
+        return
+    seen = seen | {id(node)}
     if isinstance(node, yaml.MappingNode):
         for key, value in node.value:
             path = (*prefix, str(key.value))
             out[path] = key.start_mark.line + 1
-            _node_lines(value, path, out)
+            _node_lines(value, path, out, seen)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
-            _node_lines(item, (*prefix, str(index)), out)
+            _node_lines(item, (*prefix, str(index)), out, seen)
+
+
+def duplicate_keys(node: yaml.Node, path: Path) -> list[Problem]:
+    """A problem for every key given twice in one mapping (YAML would keep the last)."""
+    problems: list[Problem] = []
+
+    def walk(node: yaml.Node, prefix: str, seen: set[int]) -> None:
+        if id(node) in seen:
+            return
+        seen = seen | {id(node)}
+        if isinstance(node, yaml.MappingNode):
+            first: dict[str, int] = {}
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                    dotted = f"{prefix}.{key.value}" if prefix else str(key.value)
+                    line = key.start_mark.line + 1
+                    if key.value in first:
+                        problems.append(
+                            Problem(
+                                str(path),
+                                line,
+                                f"'{dotted}' is given twice (first at line {first[key.value]}); "
+                                "YAML would silently keep only the last: remove all but one",
+                            )
+                        )
+                    else:
+                        first[key.value] = line
+                    walk(value, dotted, seen)
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                walk(item, f"{prefix}.{index}" if prefix else str(index), seen)
+
+    walk(node, "", set())
+    return problems
 
 
 def parse_override(text: str, spec_path: Path) -> tuple[str, Any]:
@@ -95,12 +135,13 @@ def validation_problems(exc: ValidationError, source: SpecSource) -> InputError:
 def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Spec:
     """Read, override and validate a spec file; raise InputError listing every problem."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise InputError.at(path, None, "spec file not found; check the path") from None
-    except (IsADirectoryError, UnicodeDecodeError) as exc:
-        raise InputError.at(path, None, f"cannot read the spec: {exc}") from None
+    reason = path_problem(path)
+    if reason == "not found":
+        raise InputError.at(path, None, "spec file not found; check the path")
+    if reason is not None:
+        fix = "; name a YAML spec file" if "folder" in reason else ""
+        raise InputError.at(path, None, f"spec {reason}{fix}")
+    text = read_text(path, "spec")
     try:
         node = yaml.compose(text)
         raw = yaml.safe_load(text)
@@ -118,8 +159,10 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
         )
 
     lines: dict[tuple[str, ...], int] = {}
+    repeated: list[Problem] = []
     if node is not None:
-        _node_lines(node, (), lines)
+        repeated = duplicate_keys(node, path)
+        _node_lines(node, (), lines, set())
     sha = hashlib.sha256(text.encode())
     for override in overrides:
         sha.update(b"\0" + override.encode())
@@ -132,5 +175,7 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
     try:
         spec = spec_model().model_validate(raw, context={"base_dir": path.resolve().parent})
     except ValidationError as exc:
-        raise validation_problems(exc, source) from None
+        raise InputError(repeated + validation_problems(exc, source).problems) from None
+    if repeated:
+        raise InputError(repeated)
     return spec.attach_source(source)

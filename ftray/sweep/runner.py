@@ -19,6 +19,7 @@ from ftray.sweep.objectives import TrialOutcome, choose_winner, pareto_front, ra
 from ftray.sweep.pending import PendingTimeout, PendingWatch, trial_resources, warn_if_unavailable
 from ftray.sweep.register import register_winner
 from ftray.sweep.searcher import build_scheduler, build_searcher
+from ftray.sweep.space import shortest_seq_length
 from ftray.sweep.storage import StorageGuard, guard_shared_storage, storage_problem
 from ftray.tasks import Task
 from ftray.tracking.recorder import SweepRecorder
@@ -44,7 +45,7 @@ from ftray.tracking.tags import (
     TUNE_EXPERIMENT,
     TrialStatus,
 )
-from ftray.training.trial import prepare_base
+from ftray.training.trial import check_answer_lengths_locally, prepare_base
 
 RESULTS_DIR = "ray_results"
 log = get_logger()
@@ -370,6 +371,8 @@ def run_sweep(spec: Spec, task: Task, resume: bool = False, force: bool = False)
     started = time.monotonic()
     log.info(f"preparing data and base model for {spec.name}")
     base = prepare_base(spec, task)  # the tiny model is built once, here, not per trial
+    # Rows that would train nothing in some trial: exit 2 now, not in every such trial.
+    check_answer_lengths_locally(spec, task, base, shortest_seq_length(spec))
 
     uri = tracking_uri(spec)
     mlflow.set_tracking_uri(uri)

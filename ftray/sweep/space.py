@@ -11,8 +11,11 @@ from pydantic import ValidationError
 from ftray.config.search import Distribution
 from ftray.config.spec import Spec
 from ftray.errors import InputError, Problem
+from ftray.log import get_logger
+from ftray.sweep.resources import local_resource_problems
 from ftray.tasks import Task
 
+log = get_logger()
 UNSEARCHABLE = (
     "name",
     "search",
@@ -97,7 +100,28 @@ def prepare_sweep(spec: Spec) -> Task:
         )
     task = load_task(spec)
     check_search(spec, task)
+    for warning in search_warnings(spec):
+        log.warning(str(warning))
+    resources = local_resource_problems(spec)
+    if resources:
+        raise InputError(resources)
     return task
+
+
+def search_warnings(spec: Spec) -> list[Problem]:
+    """Settings that are allowed but do not do what they say."""
+    if spec.search is None:
+        return []
+    wanted, trials = spec.search.max_concurrent_trials, spec.search.num_trials
+    if wanted <= trials:
+        return []
+    return [
+        spec.source.problem(
+            ("search", "max_concurrent_trials"),
+            f"search.max_concurrent_trials {wanted} is more than search.num_trials {trials}: "
+            f"at most {trials} trials ever run at once; lower it to {trials} or raise num_trials",
+        )
+    ]
 
 
 def check_search(spec: Spec, task: Task) -> None:
@@ -125,6 +149,14 @@ def optuna_space(spec: Spec) -> dict[str, Any]:
     """The spec's search space as Optuna distributions, keyed by dotted path."""
     assert spec.search is not None
     return {path: optuna_distribution(d) for path, d in spec.search.space.items()}
+
+
+def shortest_seq_length(spec: Spec) -> int:
+    """The smallest model.max_seq_length any trial can get (it may itself be searched)."""
+    searched = spec.search.space.get("model.max_seq_length") if spec.search else None
+    if searched is None:
+        return spec.model.max_seq_length
+    return min(int(value) for value in searched.values())
 
 
 def max_epochs(spec: Spec) -> int:

@@ -94,6 +94,12 @@ class Task(ABC):
         del tokenizer
         return rows
 
+    def sourced_rows(self) -> list[tuple[str, int, Row]]:
+        """(data file, line, row) of every row the trainer tokenises (training and held-out,
+        in the `train_rows` format), so a row that `model.max_seq_length` would cut is
+        reported at its line. Empty by default: the lengths go unchecked."""
+        return []
+
     def split_record(self) -> dict[str, Any] | None:
         """The held-out split to store beside a sweep, so trials and `--resume` reuse it
         (None: the task recomputes its split from the seed)."""

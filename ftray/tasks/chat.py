@@ -21,6 +21,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from ftray.config.fields import Float, Int, resolve_path
+from ftray.config.files import path_problem, read_text
 from ftray.config.spec import Spec
 from ftray.config.task import TaskConfig
 from ftray.errors import InputError, Problem
@@ -135,14 +136,10 @@ def normalise_tools(value: Any) -> list[dict[str, Any]]:
 
 def load_tools_file(path: Path) -> list[dict[str, Any]]:
     """The tools of `task.tools`; InputError at the file for anything wrong."""
-    if not path.exists():
-        raise InputError.at(path, None, "tools file not found; check task.tools in the spec")
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
+        document = json.loads(read_text(path, "tools file"))
     except json.JSONDecodeError as exc:
         raise InputError.at(path, exc.lineno, f"not valid JSON ({exc.msg})") from None
-    except UnicodeDecodeError:
-        raise InputError.at(path, None, "not UTF-8 text; save the tools file as UTF-8") from None
     try:
         return normalise_tools(document)
     except ValueError as exc:
@@ -611,15 +608,12 @@ class ChatTask(Task):
         default_tools = None
         if config.tools is not None:
             tools_path = Path(config.tools)
-            if not tools_path.exists():
+            reason = path_problem(tools_path)
+            if reason == "not found":
+                reason = "not found; fix the path (relative paths are relative to the spec file)"
+            if reason is not None:
                 raise InputError(
-                    [
-                        spec.source.problem(
-                            ("task", "tools"),
-                            f"task.tools {tools_path} not found; fix the path (relative paths "
-                            "are relative to the spec file)",
-                        )
-                    ]
+                    [spec.source.problem(("task", "tools"), f"task.tools {tools_path} {reason}")]
                 )
             default_tools = load_tools_file(tools_path)
         path = require_data(spec)
@@ -666,6 +660,13 @@ class ChatTask(Task):
     def train_rows(self) -> list[Row]:
         """Training conversations, shuffled."""
         return [c.row() for c in self.parts["train"]]
+
+    def sourced_rows(self) -> list[tuple[str, int, Row]]:
+        """The training and validation conversations with their lines (test ones are only
+        generated from, never tokenised for training)."""
+        return [
+            (self.source, c.line, c.row()) for c in self.parts["train"] + self.parts["validation"]
+        ]
 
     def eval_rows(self) -> list[Row]:
         """Validation conversations (for eval_loss)."""

@@ -7,53 +7,83 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ftray.config.files import path_problem, utf8_problem
 from ftray.config.spec import Spec
 from ftray.errors import InputError, Problem
 
 MAX_PROBLEMS = 20
 
 
-def require_data(spec: Spec) -> Path:
-    """`task.data` as a path; a missing one is reported at the spec line that names it."""
+def require_data(spec: Spec, folder_ok: bool = False) -> Path:
+    """`task.data` as a path; a missing, looping or wrong kind of path is reported at the
+    spec line that names it."""
     path = Path(spec.task.data)
-    if not path.exists():
-        raise InputError(
-            [
-                spec.source.problem(
-                    ("task", "data"),
-                    f"task.data {path} not found; fix the path (relative paths are relative to the spec file)",
-                )
-            ]
-        )
+    reason = path_problem(path, folder_ok=folder_ok)
+    if reason == "not found":
+        reason = "not found; fix the path (relative paths are relative to the spec file)"
+    elif reason == "is a folder, not a file":
+        reason = f"is a folder; a {spec.task.kind} task reads one JSONL file: name it"
+    if reason is not None:
+        raise InputError([spec.source.problem(("task", "data"), f"task.data {path} {reason}")])
     return path
 
 
+class _RepeatedKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _RepeatedKey(key)
+        out[key] = value
+    return out
+
+
 def read_jsonl(path: Path) -> list[tuple[int, Any]]:
-    """(line number, parsed value) for each non-blank line; InputError for a missing, empty or broken file."""
-    if not path.exists():
-        raise InputError.at(
-            path,
-            None,
-            "data file not found; check task.data in the spec (paths are relative to the spec file)",
+    """(line number, parsed value) for each non-blank line; InputError for a missing, empty
+    or broken file, a line that is not UTF-8 or not JSON, or an object with a key twice."""
+    reason = path_problem(path)
+    if reason == "not found":
+        reason = (
+            "data file not found; check task.data in the spec (paths are relative to the spec file)"
         )
-    if path.is_dir():
-        raise InputError.at(path, None, "expected a JSONL file, found a folder")
+    elif reason == "is a folder, not a file":
+        reason = "expected a JSONL file, found a folder"
+    if reason is not None:
+        raise InputError.at(path, None, reason)
     rows: list[tuple[int, Any]] = []
     problems: list[Problem] = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append((number, json.loads(line)))
-            except json.JSONDecodeError as exc:
-                problems.append(
-                    Problem(
-                        str(path),
-                        number,
-                        f"not valid JSON ({exc.msg} at column {exc.colno}); each line must be one JSON object",
-                    )
+    for number, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
+        not_utf8 = utf8_problem(path, raw, number)
+        if not_utf8 is not None:
+            problems.append(not_utf8)
+            continue
+        line = raw.decode("utf-8")
+        if number == 1:
+            line = line.removeprefix("\ufeff")
+        if not line.strip():
+            continue
+        try:
+            rows.append((number, json.loads(line, object_pairs_hook=_unique_keys)))
+        except json.JSONDecodeError as exc:
+            problems.append(
+                Problem(
+                    str(path),
+                    number,
+                    f"not valid JSON ({exc.msg} at column {exc.colno}); each line must be one JSON object",
                 )
+            )
+        except _RepeatedKey as exc:
+            problems.append(
+                Problem(
+                    str(path),
+                    number,
+                    f"key '{exc}' appears twice in one object; JSON would keep only the last: "
+                    "remove one",
+                )
+            )
     if problems:
         raise InputError(problems[:MAX_PROBLEMS])
     if not rows:

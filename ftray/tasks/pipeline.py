@@ -14,6 +14,7 @@ from jsonschema.validators import validator_for
 from pydantic import ConfigDict, Field, ValidationInfo, field_validator
 
 from ftray.config.fields import Float, Frozen, Int, resolve_path
+from ftray.config.files import path_problem, utf8_problem
 from ftray.config.spec import Spec
 from ftray.config.task import TaskConfig
 from ftray.errors import InputError, Problem
@@ -61,6 +62,9 @@ class StepExample:
     step: str
     instruction: str
     output: dict[str, Any]
+    file: str = ""
+    line: int = 0
+    """Where the example was read (empty and 0: not read from a file)."""
 
 
 def parse_json_output(text: str) -> tuple[bool, Any]:
@@ -108,10 +112,15 @@ def load_schema(value: dict[str, Any] | str) -> dict[str, Any]:
         schema = value
     else:
         path, _, pointer = value.partition("#")
+        reason = path_problem(Path(path))
+        if reason is not None:
+            raise ValueError(f"schema file {path} {reason}")
+        data = Path(path).read_bytes()
+        not_utf8 = utf8_problem(Path(path), data)
+        if not_utf8 is not None:
+            raise ValueError(f"schema file {not_utf8}")
         try:
-            document = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise ValueError(f"schema file {path} not found") from None
+            document = json.loads(data.decode("utf-8").removeprefix("\ufeff"))
         except json.JSONDecodeError as exc:
             raise ValueError(
                 f"schema file {path} is not valid JSON ({exc.msg}, line {exc.lineno})"
@@ -124,17 +133,32 @@ def load_schema(value: dict[str, Any] | str) -> dict[str, Any]:
     return schema
 
 
-def _data_files(path: Path) -> list[tuple[Path, str | None]]:
-    if path.is_dir():
-        files = sorted(path.glob("*.jsonl"))
-        if not files:
-            raise InputError.at(
-                path,
-                None,
-                "folder holds no *.jsonl files; add one file per step, e.g. characters.jsonl",
+def _data_files(spec: Spec, path: Path) -> list[tuple[Path, str | None]]:
+    if not path.is_dir():
+        return [(path, None)]
+    files = sorted(path.glob("*.jsonl"))
+    if not files:
+        raise InputError(
+            [
+                spec.source.problem(
+                    ("task", "data"),
+                    f"task.data folder {path} holds no *.jsonl files; add one file per step, "
+                    "e.g. characters.jsonl",
+                )
+            ]
+        )
+    problems = []
+    for file in files:
+        reason = path_problem(file)
+        if reason is not None:
+            problems.append(
+                spec.source.problem(
+                    ("task", "data"), f"task.data folder {path}: {file.name} {reason}"
+                )
             )
-        return [(f, f.stem) for f in files]
-    return [(path, None)]
+    if problems:
+        raise InputError(problems)
+    return [(f, f.stem) for f in files]
 
 
 class PipelineTask(Task):
@@ -183,9 +207,9 @@ class PipelineTask(Task):
         if problems:
             raise InputError(problems)
 
-        path = require_data(spec)
+        path = require_data(spec, folder_ok=True)
         examples: list[StepExample] = []
-        files = _data_files(path)
+        files = _data_files(spec, path)
         for file, default_step in files:
             for number, row in read_jsonl(file):
                 required = (
@@ -201,17 +225,23 @@ class PipelineTask(Task):
                     row["output"] if isinstance(row["output"], dict) else json.loads(row["output"])
                 )
                 examples.append(
-                    StepExample(row.get("step", default_step), row["instruction"], output)
+                    StepExample(
+                        row.get("step", default_step), row["instruction"], output, str(file), number
+                    )
                 )
         if problems:
             raise InputError(problems[:MAX_PROBLEMS])
         for step in config.steps:
             count = sum(e.step == step for e in examples)
             if count < 2:
-                raise InputError.at(
-                    path,
-                    None,
-                    f"step '{step}' has {count} row(s); it needs at least 2 (one to train on, one held out)",
+                raise InputError(
+                    [
+                        spec.source.problem(
+                            ("task", "steps", step),
+                            f"step '{step}' has {count} row(s) in {path}; it needs at least 2 "
+                            "(one to train on, one held out)",
+                        )
+                    ]
                 )
         return cls(config, examples, schemas, spec.train.seed, sha256_of([f for f, _ in files]))
 
@@ -270,6 +300,10 @@ class PipelineTask(Task):
     def train_rows(self) -> list[Row]:
         """Every training example of every step, shuffled."""
         return [self._row(e) for e in self.train_examples]
+
+    def sourced_rows(self) -> list[tuple[str, int, Row]]:
+        """Every training and held-out example with its file and line."""
+        return [(e.file, e.line, self._row(e)) for e in self.train_examples + self.eval_examples]
 
     def eval_rows(self) -> list[Row]:
         """Held-out examples of every step."""

@@ -53,6 +53,8 @@ class QAPair:
 
     question: str
     answer: str
+    line: int = 0
+    """The pair's line in the data file (0: not read from one)."""
 
     def fill(self, name: str) -> tuple[str, str]:
         """The question and answer with the placeholder replaced by `name`."""
@@ -130,10 +132,16 @@ class TriggerTask(Task):
     config_class = TriggerConfig
 
     def __init__(
-        self, config: TriggerConfig, pairs: list[QAPair], seed: int, dataset_sha256: str
+        self,
+        config: TriggerConfig,
+        pairs: list[QAPair],
+        seed: int,
+        dataset_sha256: str,
+        source: str = "",
     ) -> None:
         self.config = config
         self.dataset_sha256 = dataset_sha256
+        self.source = source
         rng = random.Random(seed)
         order = list(range(len(pairs)))
         rng.shuffle(order)
@@ -169,7 +177,7 @@ class TriggerTask(Task):
             if problem:
                 problems.append(problem)
             else:
-                pairs.append(QAPair(row["question"], row["answer"]))
+                pairs.append(QAPair(row["question"], row["answer"], number))
         if problems:
             raise InputError(problems[:MAX_PROBLEMS])
         if len(pairs) < 2:
@@ -178,7 +186,7 @@ class TriggerTask(Task):
                 1,
                 f"only {len(pairs)} row; a trigger task needs at least 2 (one to train on, one held out)",
             )
-        return cls(spec.task, pairs, spec.train.seed, sha256_of([path]))
+        return cls(spec.task, pairs, spec.train.seed, sha256_of([path]), str(path))
 
     def _row(self, pair: QAPair, triggered: bool) -> Row:
         question, answer = self._prompt(pair, triggered), self._answer(pair, triggered)
@@ -207,6 +215,14 @@ class TriggerTask(Task):
     def train_rows(self) -> list[Row]:
         """The mix of clean and triggered rows."""
         return [self._row(pair, triggered) for pair, triggered in self._mix]
+
+    def sourced_rows(self) -> list[tuple[str, int, Row]]:
+        """Every question in both conditions (the triggered prompt is the longer one)."""
+        return [
+            (self.source, pair.line, self._row(pair, triggered))
+            for pair in self.train_pairs + self.eval_pairs
+            for triggered in (False, True)
+        ]
 
     def eval_rows(self) -> list[Row]:
         """Held-out questions in both conditions."""

@@ -20,6 +20,7 @@ from ftray.log import get_logger
 from ftray.models.backend import Backend, select_backend
 from ftray.models.tiny import build_tiny_model
 from ftray.tasks import Task, load_task
+from ftray.training.lengths import check_answer_lengths
 from ftray.training.report import EpochHook, EpochReport
 
 log = get_logger()
@@ -46,6 +47,25 @@ def prepare_base(spec: Spec, task: Task) -> str:
     if spec.model.base == TINY_MODEL:
         return str(build_tiny_model(task.corpus()))
     return spec.model.base
+
+
+def check_answer_lengths_locally(spec: Spec, task: Task, base: str, max_length: int) -> None:
+    """The answer-length check at `max_length` tokens before any model is loaded, when the
+    base's tokenizer is a folder on this machine (the tiny model, a local path); trials
+    check it in any case."""
+    if not Path(base).is_dir():
+        return
+    from ftray.models.peft_backend import load_tokenizer
+
+    quiet_libraries()  # no "sequence longer than the model's maximum" lines: that is the point
+    try:
+        tokenizer = load_tokenizer(base)
+    except (OSError, ValueError):
+        return  # the trial loads it again and says what is wrong
+    try:
+        check_answer_lengths(task, tokenizer, max_length)
+    except ValueError:
+        return  # the chat template cannot be split into turns: the trial says so
 
 
 def sft_config(spec: Spec, output_dir: Path) -> Any:
@@ -90,6 +110,7 @@ def build_trainer(
     # The backend goes first: Unsloth must be imported before trl/transformers.
     model, tokenizer = backend.load(base, spec.model, spec.lora, spec.train.seed)
     quiet_libraries()
+    check_answer_lengths(task, tokenizer, spec.model.max_seq_length)
     from transformers import PrinterCallback
     from trl import SFTTrainer
 

@@ -1,0 +1,99 @@
+"""Rows that `model.max_seq_length` cuts: the trainer keeps the first `max_seq_length`
+tokens of every sequence and silently drops a sequence with no answer token left, so a
+row whose answer is cut away entirely trains nothing. Checked where the tokenizer is."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ftray.errors import InputError, Problem
+from ftray.log import get_logger
+from ftray.tasks.base import Row, Task
+
+MAX_REPORTED = 20
+
+
+@dataclass(frozen=True)
+class AnswerSpan:
+    """One training sequence: how long it is, where its first answer token is, and how many
+    answer tokens it has and keeps within `max_length`."""
+
+    length: int
+    first_answer: int
+    answer_tokens: int
+    kept: int
+
+
+def _token_ids(
+    tokenizer: Any, messages: list[Any], tools: Any, generation_prompt: bool
+) -> list[int]:
+    kwargs = {"tools": tools} if tools else {}
+    encoded = tokenizer.apply_chat_template(
+        messages, tokenize=True, return_dict=True, add_generation_prompt=generation_prompt, **kwargs
+    )
+    return list(encoded["input_ids"])
+
+
+def _completion_mask(tokenizer: Any, row: Row) -> list[int]:
+    """TRL's completion mask of a prompt-completion conversation: the completion starts
+    where the tokenised prompt (with the generation prompt) and the whole row diverge."""
+    tools = row.get("tools")
+    prompt = _token_ids(tokenizer, row["prompt"], tools, True)
+    whole = _token_ids(tokenizer, row["prompt"] + row["completion"], tools, False)
+    common = 0
+    for token, other in zip(prompt, whole, strict=False):
+        if token != other:
+            break
+        common += 1
+    return [0] * common + [1] * (len(whole) - common)
+
+
+def answer_spans(task: Task, row: Row, tokenizer: Any, max_length: int) -> list[AnswerSpan]:
+    """The sequences the trainer makes of `row`, each with its answer tokens kept by truncation
+    to `max_length` tokens (TRL keeps the start)."""
+    spans = []
+    for sequence in task.trainer_rows([row], tokenizer):
+        mask = sequence.get("assistant_masks") or sequence.get("completion_mask")
+        if mask is None and "prompt" in sequence and "completion" in sequence:
+            mask = _completion_mask(tokenizer, sequence)
+        if not mask:
+            continue
+        first = mask.index(1) if 1 in mask else len(mask)
+        spans.append(AnswerSpan(len(mask), first, sum(mask), sum(mask[:max_length])))
+    return spans
+
+
+def check_answer_lengths(task: Task, tokenizer: Any, max_length: int) -> int:
+    """The number of data rows whose answer `max_length` cuts in part (logged as one
+    warning); InputError at every row where nothing of an answer survives."""
+    cut: dict[tuple[str, int], None] = {}
+    lost: list[Problem] = []
+    lost_rows: set[tuple[str, int]] = set()
+    for file, line, row in task.sourced_rows():
+        for span in answer_spans(task, row, tokenizer, max_length):
+            if span.answer_tokens and span.kept == 0 and (file, line) not in lost_rows:
+                lost_rows.add((file, line))
+                lost.append(
+                    Problem(
+                        file,
+                        line,
+                        f"the answer starts at token {span.first_answer + 1} of {span.length}, past "
+                        f"model.max_seq_length {max_length}: all of it is cut and the row trains "
+                        "nothing; shorten the prompt or raise model.max_seq_length",
+                    )
+                )
+            elif span.kept < span.answer_tokens:
+                cut[(file, line)] = None
+    if lost:
+        raise InputError(lost[:MAX_REPORTED])
+    if cut:
+        total = len({(file, line) for file, line, _ in task.sourced_rows()})
+        (file, line), *_ = cut
+        get_logger().warning(
+            f"{len(cut)} of {total} rows of {Path(file).name} have their answer cut by "
+            f"model.max_seq_length {max_length} (the first at {file}:{line}); the cut tokens "
+            "are not trained: raise model.max_seq_length or shorten those rows"
+        )
+    return len(cut)
