@@ -180,6 +180,9 @@ class SearchSpec(Frozen):
     select: SelectRule | None = None
     num_trials: Int = Field(default=8, ge=1)
     max_concurrent_trials: Int = Field(default=2, ge=1)
+    # Retries of a trial that failed (its worker or node lost, or its code raising), each
+    # resuming from the trial's last epoch checkpoint.
+    max_failures: Int = Field(default=2, ge=0)
     scheduler: Literal["asha", "fifo"] = "asha"
     pending_timeout: Float = Field(default=1800, gt=0)
     """Seconds trials may wait for resources while none runs (an autoscaling cluster adding

@@ -69,5 +69,8 @@ class RecordTrials(Callback):
         done = record.epochs >= record.planned_epochs
         self._finish(trial, TrialStatus.COMPLETED if done else TrialStatus.PRUNED)
 
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.recorder.trial_retried(trial.trial_id, trial.config, _error_line(trial))
+
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._finish(trial, TrialStatus.FAILED, _error_line(trial))

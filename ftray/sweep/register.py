@@ -13,6 +13,7 @@ from ftray.sweep.objectives import TrialOutcome
 from ftray.tasks import Task
 from ftray.tracking.registry import Lineage, ModelPackage, Registration, register_adapter
 from ftray.tracking.tags import REGISTERED_VERSION, TEST_PREFIX
+from ftray.training.checkpoint import copy_adapter
 
 log = get_logger()
 
@@ -121,7 +122,7 @@ def register_winner(
     staging = Path(tempfile.mkdtemp(prefix="ftray-adapter-"))
     try:
         with winner.checkpoint.as_directory() as folder:
-            shutil.copytree(folder, staging / "adapter")
+            copy_adapter(folder, staging / "adapter")
         (staging / "adapter" / "samples.jsonl").unlink(missing_ok=True)
         registration = register_adapter(
             client,

@@ -169,8 +169,9 @@ def build_tuner(
             storage_path=tune_storage_path(spec),
             callbacks=[callback, watch],
             stop=CombinedStopper(stopper, watch) if stopper is not None else watch,
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            failure_config=tune.FailureConfig(max_failures=0),
+            # Two: a retried trial falls back to the older when the newer is corrupted.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
             verbose=0,
         ),
     )

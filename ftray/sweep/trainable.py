@@ -10,6 +10,7 @@ from typing import Any
 
 from ftray.config.spec import TINY_MODEL, Spec
 from ftray.log import configure as configure_logging
+from ftray.log import get_logger
 from ftray.models.backend import (
     ALLOW_CPU_FALLBACK_ENV,
     require_cuda_for_gpu_trial,
@@ -17,8 +18,44 @@ from ftray.models.backend import (
 )
 from ftray.models.peft_backend import resolved_revision
 from ftray.tasks import load_task
+from ftray.training.checkpoint import checkpoint_problem
 from ftray.training.report import EpochReport
 from ftray.training.trial import train_trial
+
+log = get_logger()
+
+
+def resume_point(checkpoint: Any, into: Path) -> Path | None:
+    """The newest usable checkpoint of a retried trial, copied under `into`: Tune's latest,
+    else the one before it (Tune keeps two) when the latest is corrupted or incomplete.
+    None when neither can be resumed from (the trial starts again at epoch 1)."""
+    from pyarrow.fs import FileSelector, FileType
+    from ray import tune
+
+    latest = checkpoint.path.rstrip("/")
+    siblings = checkpoint.filesystem.get_file_info(FileSelector(os.path.dirname(latest)))
+    older = sorted(
+        (
+            info.path
+            for info in siblings
+            if info.type == FileType.Directory
+            and info.base_name.startswith("checkpoint_")
+            and info.path < latest
+        ),
+        reverse=True,
+    )
+    for path in [latest, *older]:
+        local = into / os.path.basename(path)
+        try:
+            tune.Checkpoint(path, filesystem=checkpoint.filesystem).to_directory(str(local))
+            problem = checkpoint_problem(local)
+        except OSError as error:
+            problem = f"cannot be read ({error})"
+        if problem is None:
+            return local
+        log.warning(f"checkpoint {path} cannot be resumed from: {problem}")
+    log.warning("no usable checkpoint: the trial starts again at epoch 1")
+    return None
 
 
 def make_trainable(
@@ -86,7 +123,10 @@ def make_trainable(
         task = load_task(trial_spec)
         if split is not None:
             task.reuse_split(split)
-        train_trial(trial_spec, work, task=task, on_epoch=report)
+        # A retry (the trial's worker or node was lost) continues from its last epoch.
+        checkpoint = tune.get_checkpoint()
+        resume = resume_point(checkpoint, work / "resume") if checkpoint else None
+        train_trial(trial_spec, work, task=task, on_epoch=report, resume_from=resume)
 
     resources = {"cpu": spec.resources_per_trial.cpu, "gpu": spec.resources_per_trial.gpu}
     return tune.with_resources(run_trial, resources)

@@ -25,6 +25,7 @@ from ftray.tracking.store import (
 from ftray.tracking.tags import (
     PARENT_RUN_ID,
     PLACEMENT,
+    RETRIES,
     ROLE,
     TRIAL_ERROR,
     TRIAL_ID,
@@ -56,6 +57,7 @@ class TrialRecord:
     planned_epochs: int
     status: TrialStatus = TrialStatus.RUNNING
     last_result: dict[str, Any] = field(default_factory=dict)
+    retries: int = 0
 
     @property
     def epochs(self) -> int:
@@ -182,6 +184,17 @@ class SweepRecorder:
         log.info(
             f"trial {trial_id} epoch {epoch}/{record.planned_epochs} {shown} "
             f"({done}/{total} trials done)"
+        )
+
+    def trial_retried(self, trial_id: str, config: dict[str, Any], error: str | None) -> None:
+        """A trial failed and Tune runs it again from its last epoch checkpoint."""
+        record = self.record(trial_id, config)
+        record.retries += 1
+        self.client.set_tag(record.run_id, RETRIES, str(record.retries))
+        allowed = self.spec.search.max_failures if self.spec.search else record.retries
+        log.warning(
+            f"trial {trial_id} failed after epoch {record.epochs} ({error or 'no error text'}); "
+            f"retrying from its last epoch checkpoint ({record.retries}/{allowed})"
         )
 
     def trial_finished(

@@ -19,6 +19,7 @@ from ftray.config.spec import Spec
 from ftray.log import get_logger
 from ftray.models.backend import Backend
 from ftray.tasks import Task
+from ftray.training.checkpoint import load_training_state, save_training_state
 from ftray.training.evaluate import evaluate
 from ftray.training.report import EpochHook, EpochReport, NonFiniteLoss
 
@@ -35,15 +36,23 @@ def diverged(spec: Spec, what: str, value: float, when: str) -> NonFiniteLoss:
 
 class EpochEvaluation(TrainerCallback):
     """After the Trainer's evaluation of each epoch: score behaviour, save the adapter under
-    `out/checkpoints/epoch-N/`, append to `out/epochs.jsonl`, and call `on_epoch` (which may
-    stop training by returning True). `reports` holds every epoch's report.
+    `out/checkpoints/epoch-N/` with the state to resume from, append to `out/epochs.jsonl`,
+    and call `on_epoch` (which may stop training by returning True). `reports` holds every
+    epoch's report. With `resume_from`, the optimizer, schedule and random generators saved
+    there are restored before training continues.
 
     A NaN or infinite loss (a logged training step or an epoch's eval loss) raises
     `NonFiniteLoss` at once: the epoch is neither scored nor reported.
     """
 
     def __init__(
-        self, spec: Spec, task: Task, backend: Backend, out: Path, on_epoch: EpochHook | None
+        self,
+        spec: Spec,
+        task: Task,
+        backend: Backend,
+        out: Path,
+        on_epoch: EpochHook | None,
+        resume_from: Path | None = None,
     ) -> None:
         self.spec = spec
         self.task = task
@@ -52,7 +61,21 @@ class EpochEvaluation(TrainerCallback):
         self.on_epoch = on_epoch
         self.reports: list[EpochReport] = []
         self.losses: list[float] = []
+        self.resume_from = resume_from
         self.started = time.monotonic()
+
+    def on_train_begin(
+        self,
+        args: Any,
+        state: Any,
+        control: Any,
+        *,
+        optimizer: Any = None,
+        lr_scheduler: Any = None,
+        **kw: Any,
+    ) -> None:
+        if self.resume_from is not None:
+            load_training_state(self.resume_from, optimizer=optimizer, scheduler=lr_scheduler)
 
     def on_log(
         self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any
@@ -72,6 +95,8 @@ class EpochEvaluation(TrainerCallback):
         *,
         model: Any = None,
         processing_class: Any = None,
+        optimizer: Any = None,
+        lr_scheduler: Any = None,
         **kw: Any,
     ) -> None:
         epoch = round(state.epoch or 0)
@@ -92,6 +117,14 @@ class EpochEvaluation(TrainerCallback):
         adapter_dir = self.out / "checkpoints" / f"epoch-{epoch}"
         model.save_pretrained(adapter_dir)
         processing_class.save_pretrained(adapter_dir)
+        save_training_state(
+            adapter_dir,
+            state=state,
+            optimizer=optimizer,
+            scheduler=lr_scheduler,
+            epoch=epoch,
+            metrics=epoch_metrics,
+        )
         report = EpochReport(epoch, epoch_metrics, adapter_dir, samples)
         self.reports.append(report)
         with (self.out / "epochs.jsonl").open("a", encoding="utf-8") as handle:

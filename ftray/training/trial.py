@@ -20,6 +20,7 @@ from ftray.log import get_logger
 from ftray.models.backend import Backend, select_backend
 from ftray.models.tiny import build_tiny_model
 from ftray.tasks import Task, load_task
+from ftray.training.checkpoint import checkpoint_epoch, checkpoint_metrics, copy_adapter
 from ftray.training.lengths import check_answer_lengths
 from ftray.training.report import EpochHook, EpochReport
 
@@ -140,12 +141,16 @@ def train_trial(
     task: Task | None = None,
     base: str | None = None,
     on_epoch: EpochHook | None = None,
+    resume_from: Path | None = None,
 ) -> EpochReport:
     """Train `spec` for its epochs, evaluating after each; returns the last epoch's report.
 
-    Writes under `out_dir`: `checkpoints/epoch-N/` (adapter + tokenizer), `epochs.jsonl`,
-    `split.json` (tasks that keep a held-out split), and at the end `adapter/`,
-    `metrics.json`, `samples.jsonl`.
+    Writes under `out_dir`: `checkpoints/epoch-N/` (adapter, tokenizer and the state to
+    resume from, see `ftray.training.checkpoint`), `epochs.jsonl`, `split.json` (tasks that
+    keep a held-out split), and at the end `adapter/`, `metrics.json`, `samples.jsonl`.
+
+    `resume_from`, a valid epoch checkpoint of the same spec, continues that training: the
+    epochs it covers are not trained again and `on_epoch` hears only of the later ones.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -159,22 +164,47 @@ def train_trial(
         f"training {spec.name}: base={spec.model.base} backend={spec.model.backend} "
         f"{len(task.train_rows())} rows x {spec.train.epochs} epochs"
     )
-    backend = select_backend(spec.model.backend)
-    trainer = build_trainer(spec, task, base, out / "trainer", backend)
-
-    from ftray.training.callbacks import EpochEvaluation  # imports transformers: after the backend
-
-    evaluation = EpochEvaluation(spec, task, backend, out, on_epoch)
-    trainer.add_callback(evaluation)
-    trainer.train()
-    shutil.rmtree(out / "trainer", ignore_errors=True)
-
-    last = evaluation.reports[-1]
+    if resume_from is not None and checkpoint_epoch(resume_from) >= spec.train.epochs:
+        # Lost after its last epoch was saved: nothing is left to train.
+        samples = resume_from / "samples.jsonl"
+        last = EpochReport(
+            checkpoint_epoch(resume_from),
+            checkpoint_metrics(resume_from),
+            resume_from,
+            [json.loads(line) for line in samples.read_text().splitlines()]
+            if samples.is_file()
+            else [],
+        )
+    else:
+        if resume_from is not None:
+            log.info(f"resuming after epoch {checkpoint_epoch(resume_from)} from {resume_from}")
+        last = _train(spec, task, base, out, on_epoch, resume_from)
     final_adapter = out / "adapter"
     shutil.rmtree(final_adapter, ignore_errors=True)
-    shutil.copytree(last.adapter_dir, final_adapter)
+    copy_adapter(last.adapter_dir, final_adapter)
     (out / "metrics.json").write_text(
         json.dumps({"epoch": last.epoch, **last.metrics}, indent=2) + "\n"
     )
     _write_jsonl(out / "samples.jsonl", last.samples)
     return EpochReport(last.epoch, last.metrics, final_adapter, last.samples)
+
+
+def _train(
+    spec: Spec,
+    task: Task,
+    base: str,
+    out: Path,
+    on_epoch: EpochHook | None,
+    resume_from: Path | None,
+) -> EpochReport:
+    """Run the Trainer (from `resume_from` when given); the last epoch's report."""
+    backend = select_backend(spec.model.backend)
+    trainer = build_trainer(spec, task, base, out / "trainer", backend)
+
+    from ftray.training.callbacks import EpochEvaluation  # imports transformers: after the backend
+
+    evaluation = EpochEvaluation(spec, task, backend, out, on_epoch, resume_from)
+    trainer.add_callback(evaluation)
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    shutil.rmtree(out / "trainer", ignore_errors=True)
+    return evaluation.reports[-1]

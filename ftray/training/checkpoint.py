@@ -1,0 +1,174 @@
+"""Epoch checkpoints a trial resumes from: what it needs to continue training where it
+stopped, not at epoch 1.
+
+Beside the adapter and tokenizer (`save_pretrained`, safetensors) an epoch's folder holds:
+- `trainer_state.json`: the Trainer's state (global step, epoch); the Trainer resumes from it
+  and skips the epochs already trained;
+- `training_state.safetensors` + `training_state.json`: the optimizer's moments, the learning
+  rate schedule and the random generators, so the next epoch is the one an uninterrupted run
+  would have trained;
+- `metrics.json`: the epoch's metrics, so a trial lost after its last epoch finishes at once;
+- `checkpoint.json`, written last: the SHA-256 of every file above. A folder without it (the
+  copy was cut short) or whose files no longer match it is not resumed from.
+
+Nothing here is pickled: tensors go through safetensors, the rest through JSON.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+TRAINER_STATE = "trainer_state.json"
+STATE_TENSORS = "training_state.safetensors"
+STATE_JSON = "training_state.json"
+EPOCH_METRICS = "metrics.json"
+MANIFEST = "checkpoint.json"
+# Only for resuming: an adapter copied out of a checkpoint (the final one, the registered
+# one) leaves them behind.
+RESUME_FILES = (TRAINER_STATE, STATE_TENSORS, STATE_JSON, EPOCH_METRICS, MANIFEST)
+
+
+def copy_adapter(checkpoint: str | Path, target: Path) -> None:
+    """Copy the adapter and tokenizer of an epoch checkpoint to `target`, without the state
+    kept only to resume training."""
+    shutil.copytree(checkpoint, target, ignore=shutil.ignore_patterns(*RESUME_FILES))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_training_state(
+    folder: Path,
+    *,
+    state: Any,
+    optimizer: Any,
+    scheduler: Any,
+    epoch: int,
+    metrics: dict[str, float],
+) -> None:
+    """Write the training state of an epoch that ended into `folder` (which already holds the
+    adapter), then its manifest."""
+    import numpy as np
+    import torch
+    from safetensors.torch import save_file
+
+    state.save_to_json(str(folder / TRAINER_STATE))
+    tensors: dict[str, Any] = {"rng.torch": torch.random.get_rng_state()}
+    if torch.cuda.is_available():
+        for index, rng in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{index}"] = rng
+    scalars: dict[str, Any] = {}
+    optimizer_state = optimizer.state_dict()
+    for param, values in optimizer_state["state"].items():
+        for name, value in values.items():
+            if torch.is_tensor(value):
+                tensors[f"optimizer.{param}.{name}"] = value.detach().to("cpu").contiguous()
+            else:
+                scalars[f"{param}.{name}"] = value
+    save_file(tensors, str(folder / STATE_TENSORS))
+    numpy_state = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    (folder / STATE_JSON).write_text(
+        json.dumps(
+            {
+                "optimizer": {"param_groups": optimizer_state["param_groups"], "scalars": scalars},
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "rng": {
+                    "python": [version, list(internal), gauss],
+                    "numpy": [
+                        numpy_state[0],
+                        numpy_state[1].tolist(),
+                        *[v.item() if hasattr(v, "item") else v for v in numpy_state[2:]],
+                    ],
+                },
+            }
+        )
+    )
+    (folder / EPOCH_METRICS).write_text(json.dumps({"epoch": epoch, **metrics}) + "\n")
+    write_manifest(folder)
+
+
+def write_manifest(folder: Path) -> None:
+    """Checksums of every file in `folder`, written atomically and last."""
+    files = {
+        str(path.relative_to(folder)): _sha256(path)
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and path.name != MANIFEST
+    }
+    staging = folder / f".{MANIFEST}.tmp"
+    staging.write_text(json.dumps({"files": files}, indent=1) + "\n")
+    os.replace(staging, folder / MANIFEST)
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why `folder` cannot be resumed from, or None when every file matches its manifest."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        files = manifest["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"no readable {MANIFEST} (the checkpoint was not written to the end)"
+    for required in (TRAINER_STATE, STATE_TENSORS, STATE_JSON, EPOCH_METRICS):
+        if required not in files:
+            return f"{required} is not in {MANIFEST}"
+    for name, digest in files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if _sha256(path) != digest:
+            return f"{name} does not match its checksum"
+    return None
+
+
+def checkpoint_epoch(folder: Path) -> int:
+    """The epoch a valid checkpoint ended."""
+    return int(json.loads((folder / EPOCH_METRICS).read_text(encoding="utf-8"))["epoch"])
+
+
+def checkpoint_metrics(folder: Path) -> dict[str, float]:
+    """The metrics of the epoch a valid checkpoint ended."""
+    record = json.loads((folder / EPOCH_METRICS).read_text(encoding="utf-8"))
+    record.pop("epoch")
+    return record
+
+
+def load_training_state(folder: Path, *, optimizer: Any, scheduler: Any) -> None:
+    """Restore the optimizer, the schedule and the random generators saved in `folder`."""
+    import numpy as np
+    import torch
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(folder / STATE_TENSORS))
+    saved = json.loads((folder / STATE_JSON).read_text(encoding="utf-8"))
+    per_param: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        kind, _, rest = key.partition(".")
+        if kind == "optimizer":
+            param, _, name = rest.partition(".")
+            per_param.setdefault(int(param), {})[name] = value
+    for key, value in saved["optimizer"]["scalars"].items():
+        param, _, name = key.partition(".")
+        per_param.setdefault(int(param), {})[name] = value
+    optimizer.load_state_dict(
+        {"state": per_param, "param_groups": saved["optimizer"]["param_groups"]}
+    )
+    if scheduler is not None and saved["scheduler"] is not None:
+        scheduler.load_state_dict(saved["scheduler"])
+    python = saved["rng"]["python"]
+    random.setstate((python[0], tuple(python[1]), python[2]))
+    numpy = saved["rng"]["numpy"]
+    np.random.set_state((numpy[0], np.array(numpy[1], dtype=np.uint32), *numpy[2:]))
+    torch.random.set_rng_state(tensors["rng.torch"])
+    cuda = sorted(k for k in tensors if k.startswith("rng.cuda."))
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([tensors[k] for k in cuda])
