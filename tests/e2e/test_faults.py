@@ -63,8 +63,9 @@ def test_a_trial_that_raises_fails_alone_and_the_sweep_goes_on(
     )
     task = prepare_sweep(spec)
 
-    # The first trial to start raises; the others train. The wrapper travels to the Ray
-    # worker by value (cloudpickle), so it uses nothing of this module.
+    # The first trial to start raises, again on each of its retries; the others train. The
+    # wrapper travels to the Ray worker by value (cloudpickle), so it uses nothing of this
+    # module.
     real = runner.make_trainable_for
     flag = str(tmp_path / "first-trial-raised")
 
@@ -74,10 +75,17 @@ def test_a_trial_that_raises_fails_alone_and_the_sweep_goes_on(
         def run_trial(config):
             import os
 
+            from ray import tune
+
+            me = tune.get_context().get_trial_id()
             try:
-                os.close(os.open(flag, os.O_CREAT | os.O_EXCL))
+                handle = os.open(flag, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                os.write(handle, me.encode())
+                os.close(handle)
             except FileExistsError:
-                return inner(config)
+                with open(flag) as chosen:
+                    if chosen.read() != me:
+                        return inner(config)
             raise RuntimeError("injected trial failure")
 
         run_trial._resources = inner._resources
@@ -106,6 +114,8 @@ def test_a_trial_that_raises_fails_alone_and_the_sweep_goes_on(
     (bad,) = failed
     assert bad.info.status == "FAILED"
     assert bad.data.tags["ftray.error"] == "RuntimeError: injected trial failure"
+    # Retried search.max_failures (default 2) times before it counted as failed.
+    assert bad.data.tags["ftray.retries"] == "2"
     assert all(
         r.info.status == "FINISHED" and r.data.tags["ftray.trial_status"] == "completed"
         for r in runs
