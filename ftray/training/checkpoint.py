@@ -130,16 +130,10 @@ def checkpoint_problem(folder: Path) -> str | None:
     return None
 
 
-def checkpoint_epoch(folder: Path) -> int:
-    """The epoch a valid checkpoint ended."""
-    return int(json.loads((folder / EPOCH_METRICS).read_text(encoding="utf-8"))["epoch"])
-
-
-def checkpoint_metrics(folder: Path) -> dict[str, float]:
-    """The metrics of the epoch a valid checkpoint ended."""
+def checkpoint_report(folder: Path) -> tuple[int, dict[str, float]]:
+    """The epoch a valid checkpoint ended and that epoch's metrics."""
     record = json.loads((folder / EPOCH_METRICS).read_text(encoding="utf-8"))
-    record.pop("epoch")
-    return record
+    return int(record.pop("epoch")), record
 
 
 def load_training_state(folder: Path, *, optimizer: Any, scheduler: Any) -> None:

@@ -20,7 +20,7 @@ from ftray.log import get_logger
 from ftray.models.backend import Backend, select_backend
 from ftray.models.tiny import build_tiny_model
 from ftray.tasks import Task, load_task
-from ftray.training.checkpoint import checkpoint_epoch, checkpoint_metrics, copy_adapter
+from ftray.training.checkpoint import checkpoint_report, copy_adapter
 from ftray.training.lengths import check_answer_lengths
 from ftray.training.report import EpochHook, EpochReport
 
@@ -164,12 +164,13 @@ def train_trial(
         f"training {spec.name}: base={spec.model.base} backend={spec.model.backend} "
         f"{len(task.train_rows())} rows x {spec.train.epochs} epochs"
     )
-    if resume_from is not None and checkpoint_epoch(resume_from) >= spec.train.epochs:
+    resumed_epoch, resumed_metrics = checkpoint_report(resume_from) if resume_from else (0, {})
+    if resume_from is not None and resumed_epoch >= spec.train.epochs:
         # Lost after its last epoch was saved: nothing is left to train.
         samples = resume_from / "samples.jsonl"
         last = EpochReport(
-            checkpoint_epoch(resume_from),
-            checkpoint_metrics(resume_from),
+            resumed_epoch,
+            resumed_metrics,
             resume_from,
             [json.loads(line) for line in samples.read_text().splitlines()]
             if samples.is_file()
@@ -177,7 +178,7 @@ def train_trial(
         )
     else:
         if resume_from is not None:
-            log.info(f"resuming after epoch {checkpoint_epoch(resume_from)} from {resume_from}")
+            log.info(f"resuming after epoch {resumed_epoch} from {resume_from}")
         last = _train(spec, task, base, out, on_epoch, resume_from)
     final_adapter = out / "adapter"
     shutil.rmtree(final_adapter, ignore_errors=True)
