@@ -10,6 +10,7 @@ from pathlib import Path
 from ftray import __version__
 from ftray.errors import InputError
 from ftray.log import QUIET, VERBOSE, configure, get_logger
+from ftray.redaction import mask_url_passwords
 
 EXIT_OK, EXIT_RUNTIME, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -102,7 +103,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     elif result.unregistered_reason:
         print(result.unregistered_reason)
     print(f"Ray Tune results: {result.experiment_path}")
-    print(f"open MLflow: mlflow ui --backend-store-uri {result.tracking_uri}")
+    print(f"open MLflow: mlflow ui --backend-store-uri {mask_url_passwords(result.tracking_uri)}")
     failed = [o for o in result.outcomes if o.status is TrialStatus.FAILED]
     if len(failed) == len(result.outcomes):
         causes = sorted({o.error for o in failed if o.error})
@@ -131,7 +132,8 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     board = render_leaderboard(MlflowClient(tracking_uri(spec)), spec)
     if board is None:
         print(
-            f"error: no sweep of '{spec.name}' recorded at {tracking_uri(spec)}; run ftray sweep first",
+            f"error: no sweep of '{spec.name}' recorded at "
+            f"{mask_url_passwords(tracking_uri(spec))}; run ftray sweep first",
             file=sys.stderr,
         )
         return EXIT_RUNTIME
@@ -308,9 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         from ftray.export.errors import ExportFailed
         from ftray.models.backend import BackendUnavailable
-        from ftray.models.peft_backend import BaseModelMissing
+        from ftray.models.peft_backend import BaseModelMissing, NotSafetensors
 
-        if isinstance(exc, BackendUnavailable | ExportFailed | BaseModelMissing):
+        if isinstance(exc, BackendUnavailable | ExportFailed | BaseModelMissing | NotSafetensors):
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_RUNTIME
         raise

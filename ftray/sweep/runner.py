@@ -14,6 +14,7 @@ from typing import Any
 from ftray.config.spec import Spec
 from ftray.errors import InputError
 from ftray.log import get_logger
+from ftray.redaction import mask_url_passwords
 from ftray.sweep.callback import RecordTrials
 from ftray.sweep.objectives import TrialOutcome, choose_winner, pareto_front, ranked
 from ftray.sweep.register import register_winner
@@ -182,6 +183,10 @@ def restore_tuner(
 
     if not tune.Tuner.can_restore(experiment_path):
         raise RuntimeError(f"no Ray Tune state to resume at {experiment_path}")
+    if spec.storage.optuna_url:
+        from ftray.sweep.optuna_storage import remember_password
+
+        remember_password(spec.storage.optuna_url)  # the saved searcher holds none
     return tune.Tuner.restore(
         experiment_path,
         make_trainable_for(spec, recorder.finished_results(), split),
@@ -373,7 +378,8 @@ def run_sweep(spec: Spec, task: Task, resume: bool = False, force: bool = False)
             raise InputError.at(
                 spec.source.path,
                 None,
-                f"no earlier sweep of '{spec.name}' at {uri} to resume; run without --resume",
+                f"no earlier sweep of '{spec.name}' at {mask_url_passwords(uri)} to resume; "
+                "run without --resume",
             )
         if parent.info.status == "FINISHED":
             raise NothingToResume(parent.info.run_id)
