@@ -113,20 +113,28 @@ def base_source_kwargs(base: str, revision: str | None) -> dict[str, Any]:
     return {"revision": revision, "local_files_only": True}
 
 
-SAFETENSORS_ONLY = {"use_safetensors": True}
-"""`from_pretrained` reads safetensors weights only, never a pickled `pytorch_model.bin`."""
+def load_safetensors_model(base: str, **kwargs: Any) -> Any:
+    """`AutoModelForCausalLM.from_pretrained` from safetensors weights only: a base that
+    has nothing but a pickled `pytorch_model.bin` is refused (`NotSafetensors`)."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(base, **kwargs, use_safetensors=True)
+    except OSError as exc:
+        if "safetensors" not in str(exc):
+            raise
+        raise NotSafetensors(
+            f"the base model {base} has no safetensors weights ({exc}); ftray loads no "
+            "pickled weights (pytorch_model.bin): pick a revision with safetensors or convert it"
+        ) from None
 
 
 def load_base_model(base: str, revision: str | None, **kwargs: Any) -> Any:
     """The base model from a local folder, or a Hugging Face id from the local cache only at
     `revision`, so a registered adapter always meets the base it was trained on, or a clear
     error (`BaseModelMissing`)."""
-    from transformers import AutoModelForCausalLM
-
     try:
-        return AutoModelForCausalLM.from_pretrained(
-            base, **kwargs, **base_source_kwargs(base, revision), **SAFETENSORS_ONLY
-        )
+        return load_safetensors_model(base, **kwargs, **base_source_kwargs(base, revision))
     except OSError as exc:
         raise BaseModelMissing(
             f"the base model {base} (revision {revision or 'any'}) is not in this machine's "
@@ -176,7 +184,6 @@ class PeftBackend:
         """Load the base (4-bit when `model.load_in_4bit`) and attach a fresh LoRA adapter."""
         import torch
         from peft import get_peft_model
-        from transformers import AutoModelForCausalLM
 
         kwargs = base_model_kwargs(model.load_in_4bit)
         if model.revision is not None:
@@ -187,7 +194,7 @@ class PeftBackend:
             # Ray may start this trial before the previous one on this GPU has let go.
             wait_for_free_gpu_memory(mem_get_info=torch.cuda.mem_get_info)
             kwargs["device_map"] = {"": torch.cuda.current_device()}
-        base_model = AutoModelForCausalLM.from_pretrained(base, **kwargs, **SAFETENSORS_ONLY)
+        base_model = load_safetensors_model(base, **kwargs)
         base_model.config.use_cache = False
         torch.manual_seed(seed)
         peft_model = get_peft_model(base_model, lora_config(lora))
