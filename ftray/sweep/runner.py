@@ -80,8 +80,10 @@ def init_ray() -> None:
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
-        # A Ray of our own serves this machine only: keep it on loopback.
+        # A Ray of our own serves this machine only: keep it on loopback. "local" starts one
+        # even where `ray start` left a cluster (perhaps another user's), which Ray would join.
         ray.init(
+            address="local",
             include_dashboard=False,
             log_to_driver=False,
             configure_logging=False,
