@@ -11,6 +11,7 @@ from pathlib import Path
 from ftray import __version__
 from ftray.errors import InputError
 from ftray.log import QUIET, VERBOSE, configure, get_logger
+from ftray.redaction import mask_url_passwords
 
 EXIT_OK, EXIT_RUNTIME, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -113,7 +114,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     elif result.unregistered_reason:
         print(result.unregistered_reason)
     print(f"Ray Tune results: {result.experiment_path}")
-    print(f"open MLflow: mlflow ui --backend-store-uri {result.tracking_uri}")
+    print(f"open MLflow: mlflow ui --backend-store-uri {mask_url_passwords(result.tracking_uri)}")
     if result.all_failed:
         causes = Counter(o.error or "no error recorded" for o in result.outcomes)
         print(
@@ -144,7 +145,8 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     board = render_leaderboard(MlflowClient(tracking_uri(spec)), spec)
     if board is None:
         print(
-            f"error: no sweep of '{spec.name}' recorded at {tracking_uri(spec)}; run ftray sweep first",
+            f"error: no sweep of '{spec.name}' recorded at "
+            f"{mask_url_passwords(tracking_uri(spec))}; run ftray sweep first",
             file=sys.stderr,
         )
         return EXIT_RUNTIME
@@ -321,10 +323,13 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         from ftray.export.errors import ExportFailed
         from ftray.models.backend import BackendUnavailable
-        from ftray.models.peft_backend import BaseModelMissing
+        from ftray.models.peft_backend import BaseModelMissing, NotSafetensors
         from ftray.training.report import NonFiniteLoss
 
-        if isinstance(exc, BackendUnavailable | ExportFailed | BaseModelMissing | NonFiniteLoss):
+        if isinstance(
+            exc,
+            BackendUnavailable | ExportFailed | BaseModelMissing | NotSafetensors | NonFiniteLoss,
+        ):
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_RUNTIME
         raise

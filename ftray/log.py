@@ -3,13 +3,15 @@
 Progress and warnings go to stderr as `[ftray] ...` lines; stdout carries only results
 (the leaderboard, metrics JSON). `ftray --quiet` shows warnings only, `--verbose` adds debug
 lines. Library code logs through `get_logger()`; the CLI (and each Ray trial process) calls
-`configure()` once.
+`configure()` once. Every line is masked (`ftray.redaction.mask_secrets`) before it is written.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+
+from ftray.redaction import mask_secrets
 
 LOGGER_NAME = "ftray"
 QUIET, NORMAL, VERBOSE = -1, 0, 1
@@ -32,7 +34,7 @@ class _Stderr(logging.StreamHandler):
 
 class _Format(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        message = record.getMessage()
+        message = mask_secrets(record.getMessage())
         if record.levelno >= logging.ERROR:
             message = f"error: {message}"
         elif record.levelno >= logging.WARNING:

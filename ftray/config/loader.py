@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from ftray.config.files import path_problem, read_text
 from ftray.config.spec import Spec, SpecSource, set_dotted, spec_model
 from ftray.errors import InputError, Problem
+from ftray.redaction import looks_secret, mask_override, mask_url_passwords
 
 
 def _node_lines(
@@ -72,13 +73,17 @@ def parse_override(text: str, spec_path: Path) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key.strip() or not re.fullmatch(r"[A-Za-z_][\w.]*", key.strip()):
         raise InputError.at(
-            spec_path, None, f"--set {text!r}: write --set dotted.key=value, e.g. --set lora.r=16"
+            spec_path,
+            None,
+            f"--set {mask_override(text)!r}: write --set dotted.key=value, e.g. --set lora.r=16",
         )
     try:
         parsed = yaml.safe_load(value) if value.strip() else ""
     except yaml.YAMLError as exc:
+        # The parser's message quotes the value: only for a key that names no secret.
+        detail = "" if looks_secret(key) else f" ({mask_url_passwords(str(exc))})"
         raise InputError.at(
-            spec_path, None, f"--set {text}: value is not valid YAML ({exc})"
+            spec_path, None, f"--set {mask_override(text)}: value is not valid YAML{detail}"
         ) from None
     return key.strip(), parsed
 

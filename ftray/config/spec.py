@@ -18,6 +18,7 @@ from ftray.config.fields import Float, Frozen, Int, resolve_path
 from ftray.config.search import SearchSpec
 from ftray.config.task import TaskConfig
 from ftray.errors import Problem
+from ftray.redaction import mask_override
 
 DEFAULT_TARGET_MODULES = (
     "q_proj",
@@ -131,7 +132,7 @@ class SpecSource:
         for override in self.overrides:
             key = override.split("=", 1)[0]
             if dotted == key or dotted.startswith(key + "."):
-                return Problem(str(self.path), None, f"--set {override}: {message}")
+                return Problem(str(self.path), None, f"--set {mask_override(override)}: {message}")
         return Problem(str(self.path), self.line_of(loc), message)
 
 

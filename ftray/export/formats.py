@@ -13,11 +13,17 @@ from pathlib import Path
 from typing import Any
 
 from ftray.export.source import ExportSource
+from ftray.models.peft_backend import is_pickle_file, require_safetensors_adapter
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 TOKENIZER_MODEL = "tokenizer.model"
 """A SentencePiece model: llama.cpp's converter reads it; tokenizer.json alone is not enough."""
 _ADAPTER_SKIP = {"samples.jsonl", "metrics.json", "README.md"}
+
+
+def _pickles(folder: str, names: list[str]) -> set[str]:
+    """What a copy leaves behind: pickle-based files (an export holds safetensors only)."""
+    return {name for name in names if is_pickle_file(Path(folder, name))}
 
 
 def write_adapter(source: ExportSource, out: Path) -> None:
@@ -26,16 +32,17 @@ def write_adapter(source: ExportSource, out: Path) -> None:
     `adapter_config.json` names the base the way a user loads it: the Hub id for a Hub base,
     `base` (the folder beside it) for the bundled `tiny` base.
     """
+    require_safetensors_adapter(source.adapter_dir)
     for item in source.adapter_dir.iterdir():
-        if item.name in _ADAPTER_SKIP:
+        if item.name in _ADAPTER_SKIP or is_pickle_file(item):
             continue
         if item.is_dir():
-            shutil.copytree(item, out / item.name)
+            shutil.copytree(item, out / item.name, ignore=_pickles)
         else:
             shutil.copy2(item, out / item.name)
     bundled = Path(source.base).is_dir()
     if bundled:
-        shutil.copytree(source.base, out / "base")
+        shutil.copytree(source.base, out / "base", ignore=_pickles)
     config_file = out / "adapter_config.json"
     config = json.loads(config_file.read_text())
     config["base_model_name_or_path"] = "base" if bundled else source.base
@@ -60,10 +67,14 @@ def _torch_dtype(name: str, base_config: Any) -> Any:
 
 def load_merged(source: ExportSource, dtype: str = "auto") -> tuple[Any, Any]:
     """(the base in `dtype` with the adapter merged into its weights, the adapter's tokenizer)."""
-    from peft import PeftModel
     from transformers import AutoConfig
 
-    from ftray.models.peft_backend import base_source_kwargs, load_base_model, load_tokenizer
+    from ftray.models.peft_backend import (
+        base_source_kwargs,
+        load_adapter,
+        load_base_model,
+        load_tokenizer,
+    )
 
     try:
         base_config = AutoConfig.from_pretrained(
@@ -74,7 +85,7 @@ def load_merged(source: ExportSource, dtype: str = "auto") -> tuple[Any, Any]:
     model = load_base_model(
         source.base, source.base_revision, dtype=_torch_dtype(dtype, base_config)
     )
-    merged = PeftModel.from_pretrained(model, str(source.adapter_dir)).merge_and_unload()
+    merged = load_adapter(model, source.adapter_dir).merge_and_unload()
     merged.eval()
     return merged, load_tokenizer(str(source.adapter_dir))
 

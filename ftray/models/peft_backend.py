@@ -67,6 +67,44 @@ class BaseModelMissing(RuntimeError):
     """The base model a registered adapter needs is not on this machine."""
 
 
+class NotSafetensors(RuntimeError):
+    """An adapter folder holds its weights in a pickle-based format, which ftray never loads."""
+
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
+"""Files whose loading means unpickling: ftray never reads them, and never passes them on."""
+
+
+def is_pickle_file(path: Path) -> bool:
+    """Whether `path` is named like a pickle-based weights or state file."""
+    return path.suffix.lower() in PICKLE_SUFFIXES
+
+
+def require_safetensors_adapter(adapter_dir: str | Path) -> None:
+    """Refuse (`NotSafetensors`) an adapter folder without `adapter_model.safetensors`."""
+    folder = Path(adapter_dir)
+    if not (folder / ADAPTER_WEIGHTS).is_file():
+        found = (
+            sorted(p.name for p in folder.iterdir() if is_pickle_file(p)) if folder.is_dir() else []
+        )
+        raise NotSafetensors(
+            f"the adapter in {folder} has no {ADAPTER_WEIGHTS}"
+            + (f" (it has {', '.join(found)}, a pickle format ftray never loads)" if found else "")
+            + "; ftray reads and writes adapters as safetensors only"
+        )
+
+
+def load_adapter(base_model: Any, adapter_dir: str | Path) -> Any:
+    """`base_model` with the LoRA adapter in `adapter_dir`, read from its safetensors file:
+    peft would fall back to unpickling `adapter_model.bin`, so a folder without
+    `adapter_model.safetensors` is refused first."""
+    from peft import PeftModel
+
+    require_safetensors_adapter(adapter_dir)
+    return PeftModel.from_pretrained(base_model, str(adapter_dir))
+
+
 def base_source_kwargs(base: str, revision: str | None) -> dict[str, Any]:
     """Where `from_pretrained` finds a registered adapter's base: a local folder as it is, a
     Hugging Face id in the local cache only, at `revision`."""
@@ -75,16 +113,28 @@ def base_source_kwargs(base: str, revision: str | None) -> dict[str, Any]:
     return {"revision": revision, "local_files_only": True}
 
 
+def load_safetensors_model(base: str, **kwargs: Any) -> Any:
+    """`AutoModelForCausalLM.from_pretrained` from safetensors weights only: a base that
+    has nothing but a pickled `pytorch_model.bin` is refused (`NotSafetensors`)."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(base, **kwargs, use_safetensors=True)
+    except OSError as exc:
+        if "safetensors" not in str(exc):
+            raise
+        raise NotSafetensors(
+            f"the base model {base} has no safetensors weights ({exc}); ftray loads no "
+            "pickled weights (pytorch_model.bin): pick a revision with safetensors or convert it"
+        ) from None
+
+
 def load_base_model(base: str, revision: str | None, **kwargs: Any) -> Any:
     """The base model from a local folder, or a Hugging Face id from the local cache only at
     `revision`, so a registered adapter always meets the base it was trained on, or a clear
     error (`BaseModelMissing`)."""
-    from transformers import AutoModelForCausalLM
-
     try:
-        return AutoModelForCausalLM.from_pretrained(
-            base, **kwargs, **base_source_kwargs(base, revision)
-        )
+        return load_safetensors_model(base, **kwargs, **base_source_kwargs(base, revision))
     except OSError as exc:
         raise BaseModelMissing(
             f"the base model {base} (revision {revision or 'any'}) is not in this machine's "
@@ -101,13 +151,12 @@ def load_for_inference(
     `base` is a local folder or a Hugging Face id (see `load_base_model`).
     """
     import torch
-    from peft import PeftModel
 
     kwargs = base_model_kwargs(load_in_4bit)
     if torch.cuda.is_available():
         kwargs["device_map"] = {"": torch.cuda.current_device()}
     base_model = load_base_model(base, revision, **kwargs)
-    model = PeftModel.from_pretrained(base_model, adapter_dir)
+    model = load_adapter(base_model, adapter_dir)
     model.eval()
     return model, load_tokenizer(adapter_dir)
 
@@ -135,7 +184,6 @@ class PeftBackend:
         """Load the base (4-bit when `model.load_in_4bit`) and attach a fresh LoRA adapter."""
         import torch
         from peft import get_peft_model
-        from transformers import AutoModelForCausalLM
 
         kwargs = base_model_kwargs(model.load_in_4bit)
         if model.revision is not None:
@@ -146,7 +194,7 @@ class PeftBackend:
             # Ray may start this trial before the previous one on this GPU has let go.
             wait_for_free_gpu_memory(mem_get_info=torch.cuda.mem_get_info)
             kwargs["device_map"] = {"": torch.cuda.current_device()}
-        base_model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
+        base_model = load_safetensors_model(base, **kwargs)
         base_model.config.use_cache = False
         torch.manual_seed(seed)
         peft_model = get_peft_model(base_model, lora_config(lora))

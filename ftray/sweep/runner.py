@@ -14,6 +14,7 @@ from typing import Any
 from ftray.config.spec import Spec
 from ftray.errors import InputError
 from ftray.log import get_logger
+from ftray.redaction import mask_url_passwords
 from ftray.sweep.callback import RecordTrials
 from ftray.sweep.objectives import TrialOutcome, choose_winner, pareto_front, ranked
 from ftray.sweep.pending import PendingTimeout, PendingWatch, trial_resources, warn_if_unavailable
@@ -86,8 +87,10 @@ def init_ray() -> None:
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
-        # A Ray of our own serves this machine only: keep it on loopback.
+        # A Ray of our own serves this machine only: keep it on loopback. "local" starts one
+        # even where `ray start` left a cluster (perhaps another user's), which Ray would join.
         ray.init(
+            address="local",
             include_dashboard=False,
             log_to_driver=False,
             configure_logging=False,
@@ -192,6 +195,10 @@ def restore_tuner(
 
     if not tune.Tuner.can_restore(experiment_path):
         raise RuntimeError(f"no Ray Tune state to resume at {experiment_path}")
+    if spec.storage.optuna_url:
+        from ftray.sweep.optuna_storage import remember_password
+
+        remember_password(spec.storage.optuna_url)  # the saved searcher holds none
     return tune.Tuner.restore(
         experiment_path,
         make_trainable_for(spec, recorder.finished_results(), split),
@@ -386,7 +393,8 @@ def run_sweep(spec: Spec, task: Task, resume: bool = False, force: bool = False)
             raise InputError.at(
                 spec.source.path,
                 None,
-                f"no earlier sweep of '{spec.name}' at {uri} to resume; run without --resume",
+                f"no earlier sweep of '{spec.name}' at {mask_url_passwords(uri)} to resume; "
+                "run without --resume",
             )
         if parent.info.status == "FINISHED":
             raise NothingToResume(parent.info.run_id)

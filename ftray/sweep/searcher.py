@@ -22,9 +22,10 @@ def build_searcher(spec: Spec, study_name: str | None = None) -> Any:
     assert spec.search is not None
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created" lines
     goals = spec.search.goals
-    storage = (
-        optuna.storages.RDBStorage(spec.storage.optuna_url) if spec.storage.optuna_url else None
-    )
+    from ftray.sweep.optuna_storage import PasswordFreeRDBStorage
+
+    url = spec.storage.optuna_url
+    storage = PasswordFreeRDBStorage(url) if url else None
     several = len(goals) > 1
     return OptunaSearch(
         space=optuna_space(spec),

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import math
+import random
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,9 @@ from ftray.config.search import Objective
 from ftray.tracking.tags import LINEAGE_PREFIX
 
 CHAMPION = "champion"
+LOCK_SUFFIX = ".ftray-champion-lock"
+STALE_LOCK_SECONDS = 120.0
+"""A lock older than this was left by a dead process (a decision takes well under a second)."""
 
 
 @dataclass(frozen=True)
@@ -212,6 +217,14 @@ def register_adapter(
             client, name, run_id, adapter_dir, lineage, package or ModelPackage()
         )
 
+    with champion_lock(client, name):
+        return _decide_champion(client, name, version, lineage, created, force)
+
+
+def _decide_champion(
+    client: Any, name: str, version: Any, lineage: Lineage, created: bool, force: bool
+) -> Registration:
+    """Move `champion` to `version` when it wins (see `register_adapter`); under the lock."""
     champion = _current_champion(client, name)
     same = champion is not None and str(champion.version) == str(version.version)
     moved, reason = False, None
@@ -244,7 +257,57 @@ def register_adapter(
     )
 
 
+@contextmanager
+def champion_lock(client: Any, name: str, timeout: float = 300.0) -> Iterator[None]:
+    """Hold the champion decision of registered model `name` against every other process,
+    here or on another machine, that registers into it through the same tracking store.
+
+    Reading the champion and moving the alias are two requests; two sweeps finishing at
+    once would otherwise both read the old champion and the last writer would win, better
+    or not. The lock is the registered model `<name>.ftray-champion-lock`: the store creates
+    a name at most once, so whoever creates it holds the lock, and deleting it releases it.
+    A lock older than `STALE_LOCK_SECONDS` was left by a dead process and is broken.
+    """
+    from mlflow.exceptions import MlflowException
+
+    lock = f"{name}{LOCK_SUFFIX}"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client.create_registered_model(
+                lock, description=f"ftray: a champion decision on {name} is in progress"
+            )
+            break
+        except MlflowException as exc:
+            if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
+                raise
+        _break_stale_lock(client, lock)
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"registered model {lock} has been held for {timeout:.0f}s; if no sweep is "
+                "registering into it, delete that registered model"
+            )
+        time.sleep(random.uniform(0.05, 0.25))
+    try:
+        yield
+    finally:
+        with suppress(MlflowException):
+            client.delete_registered_model(lock)
+
+
+def _break_stale_lock(client: Any, lock: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        created = client.get_registered_model(lock).creation_timestamp or 0
+        if time.time() - created / 1000 > STALE_LOCK_SECONDS:
+            client.delete_registered_model(lock)
+    except MlflowException:
+        pass  # released (or broken) meanwhile
+
+
 def promote(client: Any, name: str, version: str, alias: str = CHAMPION) -> None:
     """Point `alias` at `version` by hand."""
     client.get_model_version(name, version)  # raises when the version does not exist
-    client.set_registered_model_alias(name, alias, version)
+    with champion_lock(client, name):
+        client.set_registered_model_alias(name, alias, version)

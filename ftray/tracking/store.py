@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 from pathlib import Path
 from typing import Any
 
 from ftray.config.spec import Spec, flatten
+from ftray.redaction import MASK, looks_secret, mask_url_passwords, redact
 from ftray.tracking.tags import PARENT_RUN_ID, ROLE
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-_SECRET_KEY = re.compile(r"(token|password|passwd|secret|api[_-]?key|credential)", re.IGNORECASE)
-_URL_PASSWORD = re.compile(r"(?<=://)([^:/@\s]+):[^@/\s]+@")
 
 
 def tracking_uri(spec: Spec) -> str:
@@ -29,23 +27,15 @@ def store_uri(given: str | None = None) -> str:
 
 
 def safe_params(values: dict[str, Any]) -> dict[str, str]:
-    """Parameters fit for logging: no key that names a secret, values as strings."""
-    return {k: str(v)[:6000] for k, v in values.items() if not _SECRET_KEY.search(k)}
-
-
-def redact(value: Any) -> Any:
-    """`value` with every key that names a secret dropped and URL passwords masked."""
-    if isinstance(value, dict):
-        return {k: redact(v) for k, v in value.items() if not _SECRET_KEY.search(str(k))}
-    if isinstance(value, list | tuple):
-        return [redact(v) for v in value]
-    if isinstance(value, str):
-        return _URL_PASSWORD.sub(r"\1:***@", value)
-    return value
+    """Parameters fit for logging: values as strings, `***` for a key that names a secret,
+    URL passwords masked."""
+    return {
+        k: MASK if looks_secret(k) else mask_url_passwords(str(v))[:6000] for k, v in values.items()
+    }
 
 
 def spec_document(spec: Spec) -> str:
-    """The resolved spec (after --set, paths absolute) as YAML, secrets dropped."""
+    """The resolved spec (after --set, paths absolute) as YAML, secrets masked."""
     import yaml
 
     dumped = redact(spec.model_dump(by_alias=True, mode="json", exclude_none=True))
