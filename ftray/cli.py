@@ -315,9 +315,11 @@ def main(argv: list[str] | None = None) -> int:
         from ftray.export.errors import ExportFailed
         from ftray.models.backend import BackendUnavailable
         from ftray.models.peft_backend import BaseModelMissing
+        from ftray.sweep.ray_session import ClusterUnreachable
         from ftray.training.report import NonFiniteLoss
 
-        if isinstance(exc, BackendUnavailable | ExportFailed | BaseModelMissing | NonFiniteLoss):
+        failures = (BackendUnavailable, ExportFailed, BaseModelMissing, NonFiniteLoss)
+        if isinstance(exc, (*failures, ClusterUnreachable)):
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_RUNTIME
         raise

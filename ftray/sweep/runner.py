@@ -17,6 +17,7 @@ from ftray.log import get_logger
 from ftray.sweep.callback import RecordTrials
 from ftray.sweep.objectives import TrialOutcome, choose_winner, pareto_front, ranked
 from ftray.sweep.pending import PendingTimeout, PendingWatch, trial_resources, warn_if_unavailable
+from ftray.sweep.ray_session import init_ray
 from ftray.sweep.register import register_winner
 from ftray.sweep.searcher import build_scheduler, build_searcher
 from ftray.sweep.storage import StorageGuard, guard_shared_storage, storage_problem
@@ -73,25 +74,6 @@ class NothingToResume(Exception):
 
 class SweepInterrupted(Exception):
     """The sweep was stopped (SIGINT, `ray job stop`) before every trial finished; Tune saved its state."""
-
-
-def init_ray() -> None:
-    """Join the cluster named by RAY_ADDRESS (as under `ray job submit`), else start a local Ray."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        # A Ray of our own serves this machine only: keep it on loopback.
-        ray.init(
-            include_dashboard=False,
-            log_to_driver=False,
-            configure_logging=False,
-            _node_ip_address="127.0.0.1",
-        )
 
 
 def tune_storage_path(spec: Spec) -> str:
