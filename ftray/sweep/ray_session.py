@@ -4,21 +4,22 @@ Without `RAY_ADDRESS`, `ftray sweep` starts a Ray for this process only (Ray's
 `address="local"`), on loopback, whatever `ray start` left in Ray's current-cluster file.
 `RAY_ADDRESS=auto` joins the cluster `ray start` records on this machine, any other value
 joins that address (as under `ray job submit`, which sets it). `ray.init` waits forever for a
-cluster that does not answer, so joining is checked first and bounded.
+cluster that does not answer, so the head is checked first, in bounded time.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import sys
-import threading
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from ftray.log import get_logger
 
-JOIN_TIMEOUT_S = 45.0
-"""How long joining a cluster may take before the sweep gives up (exit 1)."""
+GCS_CHECK_TIMEOUT_S = 30.0
+"""How long Ray's health check of the head may take before the sweep gives up (exit 1)."""
 PROBE_TIMEOUT_S = 10.0
 """How long one TCP connection to the cluster's address may take."""
 
@@ -75,74 +76,87 @@ def start_local_ray() -> None:
     )
 
 
+def ray_temp_root() -> Path:
+    """Where Ray keeps its session folders and current-cluster file: $RAY_TMPDIR, else $TMPDIR
+    (Linux), else /tmp; then `ray/` (Ray's own convention)."""
+    root = os.environ.get("RAY_TMPDIR")
+    if root is None and sys.platform.startswith("linux"):
+        root = os.environ.get("TMPDIR")
+    return Path(root or "/tmp") / "ray"
+
+
 def recorded_cluster_address() -> str | None:
     """The address in Ray's current-cluster file (written by `ray start`, left behind by a head
     that died without `ray stop`), if any."""
-    from ray._common.utils import get_ray_address_file
-
     try:
-        with open(get_ray_address_file(None), encoding="utf-8") as handle:
-            return handle.read().strip() or None
+        return (ray_temp_root() / "ray_current_cluster").read_text(encoding="utf-8").strip() or None
     except OSError:
         return None
 
 
-def join_cluster(given: str, timeout_s: float = JOIN_TIMEOUT_S) -> None:
-    """`ray.init` on the cluster at `given` (an address, `auto`, or `ray://host:port`), ending
-    within `timeout_s` when it does not answer."""
+def join_cluster(given: str, check_timeout_s: float = GCS_CHECK_TIMEOUT_S) -> None:
+    """`ray.init` on the cluster at `given` (host:port, `auto`, or `ray://host:port`), once
+    its head answers; ClusterUnreachable, within a minute, when it does not."""
     import ray
 
-    address = bootstrap_address(given)
+    address = cluster_address(given)
     host, port = host_and_port(address)
     try:
         socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S).close()
     except OSError as exc:
         raise ClusterUnreachable(named(address, given), exc.strerror or str(exc)) from None
-    log.info(f"joining the Ray cluster at {address} (RAY_ADDRESS={given})")
-    # The port answers, but ray.init can still wait forever inside Ray's C++ core (another
-    # service on that port, a head that refuses this token): a watchdog ends the process.
-    watchdog = threading.Timer(timeout_s, give_up_joining, args=(named(address, given), timeout_s))
-    watchdog.daemon = True
-    watchdog.start()
+    if "://" not in address:
+        # ray.init would wait forever for a port that answers but is no Ray head, or for a
+        # head that refuses this token: Ray's health check, in a process of its own, is bounded.
+        check_gcs_answers(named(address, given), address, check_timeout_s)
+    log.info(f"joining the Ray cluster at {named(address, given)}")
     try:
-        ray.init(address=given, log_to_driver=False)
+        ray.init(address=address, log_to_driver=False)
     except ConnectionError as exc:
-        raise ClusterUnreachable(named(address, given), str(exc).splitlines()[0]) from None
-    finally:
-        watchdog.cancel()
+        raise ClusterUnreachable(named(address, given), first_line(exc)) from None
+
+
+def check_gcs_answers(shown: str, address: str, timeout_s: float) -> None:
+    """`ray health-check` of the head's GCS (token and Ray version included), in a child
+    process killed after `timeout_s`."""
+    command = [sys.executable, "-m", "ray.scripts.scripts", "health-check", "--address", address]
+    try:
+        checked = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise ClusterUnreachable(shown, f"no answer from Ray's GCS in {timeout_s:g}s") from None
+    if checked.returncode != 0:
+        lines = checked.stderr.strip().splitlines() or [f"exit {checked.returncode}"]
+        raise ClusterUnreachable(shown, f"Ray's health check failed: {lines[-1][:300]}")
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message."""
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
 
 
 def named(address: str, given: str) -> str:
-    """`address`, with the RAY_ADDRESS it came from when that differs (`auto`, localhost)."""
+    """`address`, with the RAY_ADDRESS it came from when that differs (`auto`)."""
     return address if address == given else f"{address} (RAY_ADDRESS={given})"
 
 
-def give_up_joining(address: str, timeout_s: float) -> None:
-    """Print the error and end the process: `ray.init` cannot be interrupted."""
-    reason = f"ray.init did not connect within {timeout_s:g}s"
-    print(f"error: {ClusterUnreachable(address, reason)}", file=sys.stderr, flush=True)
-    os._exit(1)
-
-
-def bootstrap_address(given: str) -> str:
-    """The address Ray will connect to for RAY_ADDRESS=`given` (`auto` resolved as Ray does)."""
+def cluster_address(given: str) -> str:
+    """The address to join for RAY_ADDRESS=`given`: `auto` is the cluster `ray start`
+    recorded on this machine."""
     if given.startswith(("http://", "https://")):
         raise ClusterUnreachable(
             given,
             "RAY_ADDRESS is the dashboard's job-submission address, which `ray job submit` "
             "takes; `ftray sweep` joins a cluster at its GCS address (host:6379) or auto",
         )
-    if "://" in given:  # ray://host:port, the Ray Client
+    if given != "auto":
         return given
-    from ray._private.services import canonicalize_bootstrap_address
-
-    try:
-        address = canonicalize_bootstrap_address(given)
-    except (ConnectionError, ValueError) as exc:
-        raise ClusterUnreachable(given, str(exc).splitlines()[0]) from None
-    if address is None:
-        raise ClusterUnreachable(given, "no running Ray cluster found")
-    return address
+    recorded = recorded_cluster_address()
+    if recorded is None:
+        raise ClusterUnreachable(
+            given,
+            f"no cluster recorded by `ray start` in {ray_temp_root() / 'ray_current_cluster'}",
+        )
+    return recorded
 
 
 def host_and_port(address: str) -> tuple[str, int]:
