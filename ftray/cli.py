@@ -28,6 +28,16 @@ def _add_spec_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_tracking_uri_arg(parser: argparse.ArgumentParser, spec_fallback: str = "") -> None:
+    parser.add_argument(
+        "--tracking-uri",
+        default=None,
+        metavar="URI",
+        help=f"MLflow tracking URI (default $MLFLOW_TRACKING_URI, {spec_fallback}"
+        "else sqlite:///mlflow.db)",
+    )
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     """Check spec, data and search space; start nothing."""
     from ftray.config import load_spec
@@ -140,13 +150,14 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     from mlflow import MlflowClient
 
     from ftray.tracking.leaderboard import render_leaderboard
-    from ftray.tracking.store import tracking_uri
+    from ftray.tracking.store import command_tracking_uri
 
-    board = render_leaderboard(MlflowClient(tracking_uri(spec)), spec)
+    uri = command_tracking_uri(args.tracking_uri, spec)
+    board = render_leaderboard(MlflowClient(uri), spec)
     if board is None:
         print(
-            f"error: no sweep of '{spec.name}' recorded at "
-            f"{mask_url_passwords(tracking_uri(spec))}; run ftray sweep first",
+            f"error: no sweep of '{spec.name}' recorded at {mask_url_passwords(uri)}; "
+            "run ftray sweep first",
             file=sys.stderr,
         )
         return EXIT_RUNTIME
@@ -156,17 +167,21 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 def cmd_promote(args: argparse.Namespace) -> int:
     """Point an alias (default champion) at a registered version."""
+    from ftray.config import load_spec
+
+    spec = load_spec(args.spec) if args.spec is not None else None
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     from ftray.tracking.registry import promote
-    from ftray.tracking.store import store_uri
+    from ftray.tracking.store import command_tracking_uri
 
-    client = MlflowClient(store_uri())
+    uri = command_tracking_uri(args.tracking_uri, spec)
+    client = MlflowClient(uri)
     try:
         promote(client, args.name, args.version, args.alias)
     except MlflowException as exc:
-        print(f"error: {args.name} version {args.version}: {exc.message}", file=sys.stderr)
+        print(f"error: {args.name} version {args.version} at {uri}: {exc.message}", file=sys.stderr)
         return EXIT_INPUT
     print(f"models:/{args.name}@{args.alias} -> version {args.version}")
     return EXIT_OK
@@ -256,12 +271,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     board = sub.add_parser("leaderboard", help="trials of the spec's last sweep, best first")
     _add_spec_args(board)
+    _add_tracking_uri_arg(board, "else the spec's tracking.uri, ")
     board.set_defaults(func=cmd_leaderboard)
 
     promote = sub.add_parser("promote", help="move a registry alias to a version by hand")
     promote.add_argument("name", help="registered model name")
     promote.add_argument("version", help="version number")
     promote.add_argument("--alias", default="champion", help="alias to move (default champion)")
+    promote.add_argument(
+        "--spec", type=Path, default=None, help="a sweep spec whose tracking.uri names the store"
+    )
+    _add_tracking_uri_arg(promote, "else --spec's tracking.uri, ")
     promote.set_defaults(func=cmd_promote)
 
     export = sub.add_parser(
@@ -298,11 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also upload the folder to this Hugging Face Hub repo (token from HF_TOKEN)",
     )
     export.add_argument("--force", action="store_true", help="replace a non-empty --out")
-    export.add_argument(
-        "--tracking-uri",
-        default=None,
-        help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)",
-    )
+    _add_tracking_uri_arg(export)
     export.set_defaults(func=cmd_export)
     return parser
 
@@ -324,12 +340,11 @@ def main(argv: list[str] | None = None) -> int:
         from ftray.export.errors import ExportFailed
         from ftray.models.backend import BackendUnavailable
         from ftray.models.peft_backend import BaseModelMissing, NotSafetensors
+        from ftray.sweep.ray_session import ClusterUnreachable
         from ftray.training.report import NonFiniteLoss
 
-        if isinstance(
-            exc,
-            BackendUnavailable | ExportFailed | BaseModelMissing | NotSafetensors | NonFiniteLoss,
-        ):
+        failures = (BackendUnavailable, ExportFailed, BaseModelMissing, NotSafetensors)
+        if isinstance(exc, (*failures, NonFiniteLoss, ClusterUnreachable)):
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_RUNTIME
         raise

@@ -189,10 +189,6 @@ class PeftBackend:
         if model.revision is not None:
             kwargs["revision"] = model.revision
         if torch.cuda.is_available():
-            from ftray.models.backend import wait_for_free_gpu_memory
-
-            # Ray may start this trial before the previous one on this GPU has let go.
-            wait_for_free_gpu_memory(mem_get_info=torch.cuda.mem_get_info)
             kwargs["device_map"] = {"": torch.cuda.current_device()}
         base_model = load_safetensors_model(base, **kwargs)
         base_model.config.use_cache = False

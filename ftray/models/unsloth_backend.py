@@ -15,7 +15,8 @@ Three things a sweep needs that a single run does not:
   it (unless the user already did) at one absolute per-node folder: `$FTRAY_UNSLOTH_CACHE`,
   else `/tmp/ftray-unsloth-cache/<uid>`.
 - A trial that starts on a GPU the previous trial has not yet released runs out of memory,
-  so `load` first waits (bounded) for the device's memory to be free.
+  so the trial first waits (bounded) for its share of the device's memory to be free
+  (`backend.wait_for_gpu_share`, called before `load`).
 - Evaluation generates after every epoch. Unsloth's fast `generate` turns gradient
   checkpointing off and turns it back on only when the model was in training mode when
   `generate` was called; a plain `model.eval()` before it would leave checkpointing off for
@@ -25,7 +26,6 @@ Three things a sweep needs that a single run does not:
 
 from __future__ import annotations
 
-import gc
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 from ftray.config.spec import LoraSpec, ModelSpec
-from ftray.models.backend import wait_for_free_gpu_memory
 
 COMPILE_CACHE_ENV = "UNSLOTH_COMPILE_LOCATION"
 """Read by unsloth_zoo.compiler at import time; relative values resolve against the cwd."""
@@ -72,15 +71,6 @@ def prepare_compile_cache() -> Path:
     return location
 
 
-def _release_cached_gpu_memory() -> None:
-    """Return memory this process still caches from an earlier trial (Ray reuses workers)."""
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 class UnslothBackend:
     """FastLanguageModel.from_pretrained + get_peft_model."""
 
@@ -89,10 +79,6 @@ class UnslothBackend:
     def load(self, base: str, model: ModelSpec, lora: LoraSpec, seed: int) -> tuple[Any, Any]:
         """Load the base through Unsloth (4-bit when asked) and attach LoRA."""
         prepare_compile_cache()
-        import torch  # torch is not one of the libraries Unsloth must precede
-
-        _release_cached_gpu_memory()
-        wait_for_free_gpu_memory(mem_get_info=torch.cuda.mem_get_info)
         try:
             import unsloth  # noqa: F401  (must precede trl/transformers/peft)
             from unsloth import FastLanguageModel

@@ -18,6 +18,7 @@ from ftray.redaction import mask_url_passwords
 from ftray.sweep.callback import RecordTrials
 from ftray.sweep.objectives import TrialOutcome, choose_winner, pareto_front, ranked
 from ftray.sweep.pending import PendingTimeout, PendingWatch, trial_resources, warn_if_unavailable
+from ftray.sweep.ray_session import init_ray
 from ftray.sweep.register import register_winner
 from ftray.sweep.searcher import build_scheduler, build_searcher
 from ftray.sweep.space import shortest_seq_length
@@ -75,27 +76,6 @@ class NothingToResume(Exception):
 
 class SweepInterrupted(Exception):
     """The sweep was stopped (SIGINT, `ray job stop`) before every trial finished; Tune saved its state."""
-
-
-def init_ray() -> None:
-    """Join the cluster named by RAY_ADDRESS (as under `ray job submit`), else start a local Ray."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        # A Ray of our own serves this machine only: keep it on loopback. "local" starts one
-        # even where `ray start` left a cluster (perhaps another user's), which Ray would join.
-        ray.init(
-            address="local",
-            include_dashboard=False,
-            log_to_driver=False,
-            configure_logging=False,
-            _node_ip_address="127.0.0.1",
-        )
 
 
 def tune_storage_path(spec: Spec) -> str:

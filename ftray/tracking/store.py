@@ -26,6 +26,12 @@ def store_uri(given: str | None = None) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or given or DEFAULT_TRACKING_URI
 
 
+def command_tracking_uri(flag: str | None, spec: Spec | None = None) -> str:
+    """The store a command reads and writes: its `--tracking-uri`, else MLFLOW_TRACKING_URI,
+    else the `spec`'s tracking.uri, else sqlite:///mlflow.db."""
+    return flag or store_uri(spec.tracking.uri if spec is not None else None)
+
+
 def safe_params(values: dict[str, Any]) -> dict[str, str]:
     """Parameters fit for logging: values as strings, `***` for a key that names a secret,
     URL passwords masked."""

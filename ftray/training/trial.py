@@ -17,7 +17,7 @@ from typing import Any
 
 from ftray.config.spec import TINY_MODEL, Spec
 from ftray.log import get_logger
-from ftray.models.backend import Backend, select_backend
+from ftray.models.backend import Backend, select_backend, wait_for_gpu_share
 from ftray.models.tiny import build_tiny_model
 from ftray.tasks import Task, load_task
 from ftray.training.checkpoint import checkpoint_report, copy_adapter
@@ -108,6 +108,8 @@ def build_trainer(
 ) -> Any:
     """A TRL SFTTrainer on the backend's LoRA model, ready to `train()`."""
     backend = backend or select_backend(spec.model.backend)
+    # Ray may start this trial before the previous one on its GPU has let go.
+    wait_for_gpu_share(spec.resources_per_trial.gpu)
     # The backend goes first: Unsloth must be imported before trl/transformers.
     model, tokenizer = backend.load(base, spec.model, spec.lora, spec.train.seed)
     quiet_libraries()

@@ -11,7 +11,7 @@ import pytest
 def test_without_ray_address_a_new_local_ray_on_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
     import ray
 
-    from ftray.sweep.runner import init_ray
+    from ftray.sweep.ray_session import init_ray
 
     calls: list[dict[str, Any]] = []
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
@@ -21,7 +21,3 @@ def test_without_ray_address_a_new_local_ray_on_loopback(monkeypatch: pytest.Mon
     assert calls[0]["address"] == "local"
     assert calls[0]["_node_ip_address"] == "127.0.0.1"
     assert calls[0]["include_dashboard"] is False
-
-    monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")
-    init_ray()
-    assert calls[1]["address"] == "ray://head:10001"

@@ -22,13 +22,17 @@ import pytest
 
 import ftray.models.backend
 from ftray.config import load_spec
-from ftray.models.backend import BackendUnavailable, resolve_backend_name, select_backend
+from ftray.models.backend import (
+    BackendUnavailable,
+    resolve_backend_name,
+    select_backend,
+    wait_for_free_gpu_memory,
+)
 from ftray.models.unsloth_backend import (
     COMPILE_CACHE_ENV,
     FTRAY_CACHE_ENV,
     UnslothBackend,
     compile_cache_dir,
-    wait_for_free_gpu_memory,
 )
 from tests.conftest import SPECS
 
