@@ -123,7 +123,6 @@ def register_winner(
     try:
         with winner.checkpoint.as_directory() as folder:
             copy_adapter(folder, staging / "adapter")
-        (staging / "adapter" / "samples.jsonl").unlink(missing_ok=True)
         registration = register_adapter(
             client,
             spec.registered_model_name,

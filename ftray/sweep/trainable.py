@@ -3,7 +3,6 @@ reporting every epoch's metrics and adapter checkpoint to Tune."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from ftray.models.backend import (
 )
 from ftray.models.peft_backend import resolved_revision
 from ftray.tasks import load_task
-from ftray.training.checkpoint import checkpoint_problem
+from ftray.training.checkpoint import checkpoint_problem, keep_only_manifest_files
 from ftray.training.report import EpochReport
 from ftray.training.trial import train_trial
 
@@ -52,6 +51,7 @@ def resume_point(checkpoint: Any, into: Path) -> Path | None:
         except OSError as error:
             problem = f"cannot be read ({error})"
         if problem is None:
+            keep_only_manifest_files(local)
             return local
         log.warning(f"checkpoint {path} cannot be resumed from: {problem}")
     log.warning("no usable checkpoint: the trial starts again at epoch 1")
@@ -107,9 +107,6 @@ def make_trainable(
                 placement["base_revision"] = resolved_revision(
                     trial_spec.model.base, trial_spec.model.revision
                 )
-            (epoch.adapter_dir / "samples.jsonl").write_text(
-                "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in epoch.samples)
-            )
             tune.report(
                 {
                     "epoch": epoch.epoch,

@@ -124,6 +124,7 @@ class EpochEvaluation(TrainerCallback):
             scheduler=lr_scheduler,
             epoch=epoch,
             metrics=epoch_metrics,
+            samples=samples,
         )
         report = EpochReport(epoch, epoch_metrics, adapter_dir, samples)
         self.reports.append(report)

@@ -7,7 +7,8 @@ Beside the adapter and tokenizer (`save_pretrained`, safetensors) an epoch's fol
 - `training_state.safetensors` + `training_state.json`: the optimizer's moments, the learning
   rate schedule and the random generators, so the next epoch is the one an uninterrupted run
   would have trained;
-- `metrics.json`: the epoch's metrics, so a trial lost after its last epoch finishes at once;
+- `metrics.json` and `samples.jsonl`: the epoch's metrics and scored samples, so a trial
+  lost after its last epoch finishes at once;
 - `checkpoint.json`, written last: the SHA-256 of every file above. A folder without it (the
   copy was cut short) or whose files no longer match it is not resumed from.
 
@@ -28,10 +29,11 @@ TRAINER_STATE = "trainer_state.json"
 STATE_TENSORS = "training_state.safetensors"
 STATE_JSON = "training_state.json"
 EPOCH_METRICS = "metrics.json"
+EPOCH_SAMPLES = "samples.jsonl"
 MANIFEST = "checkpoint.json"
-# Only for resuming: an adapter copied out of a checkpoint (the final one, the registered
+# Only for resuming (and the sweep's record of the epoch): an adapter copied out of a checkpoint (the final one, the registered
 # one) leaves them behind.
-RESUME_FILES = (TRAINER_STATE, STATE_TENSORS, STATE_JSON, EPOCH_METRICS, MANIFEST)
+RESUME_FILES = (TRAINER_STATE, STATE_TENSORS, STATE_JSON, EPOCH_METRICS, EPOCH_SAMPLES, MANIFEST)
 
 
 def copy_adapter(checkpoint: str | Path, target: Path) -> None:
@@ -56,6 +58,7 @@ def save_training_state(
     scheduler: Any,
     epoch: int,
     metrics: dict[str, float],
+    samples: list[dict[str, Any]],
 ) -> None:
     """Write the training state of an epoch that ended into `folder` (which already holds the
     adapter), then its manifest."""
@@ -96,6 +99,9 @@ def save_training_state(
         )
     )
     (folder / EPOCH_METRICS).write_text(json.dumps({"epoch": epoch, **metrics}) + "\n")
+    (folder / EPOCH_SAMPLES).write_text(
+        "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples), encoding="utf-8"
+    )
     write_manifest(folder)
 
 
@@ -128,6 +134,16 @@ def checkpoint_problem(folder: Path) -> str | None:
         if _sha256(path) != digest:
             return f"{name} does not match its checksum"
     return None
+
+
+def keep_only_manifest_files(folder: Path) -> None:
+    """Delete every file of a valid checkpoint that its manifest does not list (a file planted
+    there later, say a pickled `optimizer.pt` the Trainer would load on resume): training
+    resumes only from what ftray wrote."""
+    listed = set(json.loads((folder / MANIFEST).read_text(encoding="utf-8"))["files"])
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.name != MANIFEST and str(path.relative_to(folder)) not in listed:
+            path.unlink()
 
 
 def checkpoint_report(folder: Path) -> tuple[int, dict[str, float]]:

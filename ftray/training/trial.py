@@ -20,7 +20,7 @@ from ftray.log import get_logger
 from ftray.models.backend import Backend, select_backend, wait_for_gpu_share
 from ftray.models.tiny import build_tiny_model
 from ftray.tasks import Task, load_task
-from ftray.training.checkpoint import checkpoint_report, copy_adapter
+from ftray.training.checkpoint import EPOCH_SAMPLES, checkpoint_report, copy_adapter
 from ftray.training.lengths import check_answer_lengths
 from ftray.training.report import EpochHook, EpochReport
 
@@ -169,7 +169,7 @@ def train_trial(
     resumed_epoch, resumed_metrics = checkpoint_report(resume_from) if resume_from else (0, {})
     if resume_from is not None and resumed_epoch >= spec.train.epochs:
         # Lost after its last epoch was saved: nothing is left to train.
-        samples = resume_from / "samples.jsonl"
+        samples = resume_from / EPOCH_SAMPLES
         last = EpochReport(
             resumed_epoch,
             resumed_metrics,

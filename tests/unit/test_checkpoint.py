@@ -9,6 +9,7 @@ from pathlib import Path
 from ftray.sweep.trainable import resume_point
 from ftray.training.checkpoint import (
     EPOCH_METRICS,
+    EPOCH_SAMPLES,
     MANIFEST,
     RESUME_FILES,
     STATE_JSON,
@@ -26,6 +27,7 @@ def _checkpoint(folder: Path, epoch: int) -> Path:
     for name in (TRAINER_STATE, STATE_TENSORS, STATE_JSON):
         (folder / name).write_text(f"{name} {epoch}")
     (folder / EPOCH_METRICS).write_text(json.dumps({"epoch": epoch, "loss": 1.0 / epoch}))
+    (folder / EPOCH_SAMPLES).write_text('{"prompt": "p", "response": "r"}\n')
     write_manifest(folder)
     return folder
 
@@ -72,6 +74,25 @@ def test_resume_falls_back_to_the_previous_checkpoint_when_the_newest_is_corrupt
     chosen = resume_point(_tune_checkpoint(newest), tmp_path / "b")
     assert chosen is not None and chosen.name == "checkpoint_000000"
     assert json.loads((chosen / EPOCH_METRICS).read_text())["epoch"] == 1
+
+
+def test_only_the_files_the_manifest_lists_are_resumed_from(tmp_path: Path) -> None:
+    newest = _checkpoint(tmp_path / "trial" / "checkpoint_000000", 1)
+    # Files the Trainer would torch.load on resume, planted after ftray wrote the checkpoint.
+    for planted in ("optimizer.pt", "scheduler.pt", "rng_state.pth", "sub/adapter_model.bin"):
+        (newest / planted).parent.mkdir(exist_ok=True)
+        (newest / planted).write_bytes(b"not ftray's")
+    chosen = resume_point(_tune_checkpoint(newest), tmp_path / "into")
+    assert chosen is not None
+    assert {str(p.relative_to(chosen)) for p in chosen.rglob("*") if p.is_file()} == {
+        "adapter_model.safetensors",
+        TRAINER_STATE,
+        STATE_TENSORS,
+        STATE_JSON,
+        EPOCH_METRICS,
+        EPOCH_SAMPLES,
+        MANIFEST,
+    }
 
 
 def test_resume_starts_over_when_no_checkpoint_is_usable(tmp_path: Path) -> None:
