@@ -111,7 +111,7 @@ def describe_error(error: dict[str, Any]) -> str:
     if kind == "literal_error" and loc == "task.kind":
         return f"task.kind {value!r} is not one of {kinds}"
     prefix = f"{loc} " if loc else ""
-    if kind == "objectives":  # the message names the fields itself
+    if kind in ("objectives", "prune"):  # the message names the fields itself
         return error["msg"]
     if kind in ("number_is_text", "number_is_bool"):
         return f"{prefix}{error['msg']}"

@@ -1,5 +1,6 @@
 """The `search:` section: what a sweep optimises (one or several objectives), which finished
-trial it registers (`select`), and the space Optuna samples from."""
+trial it registers (`select`), what ASHA stops trials on (`prune`), and the space Optuna
+samples from."""
 
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ from pydantic_core import PydanticCustomError
 from ftray.config.fields import Float, Frozen, Int
 
 Mode = Literal["max", "min"]
+LOSS_METRICS = ("train_loss", "eval_loss")
+"""The metrics every task reports each epoch; they move smoothly from the first epoch on,
+where behaviour metrics (accuracies, scores) often stay at 0 for a while and then jump."""
 
 
 class Objective(Frozen):
@@ -110,6 +114,50 @@ class SelectRule(Frozen):
         return f"{rule} where {' and '.join(str(c) for c in self.where)}" if self.where else rule
 
 
+class PruneSpec(Frozen):
+    """What ASHA stops trials on: a metric and its direction, compared at rungs spaced
+    `grace_period * reduction_factor**k` epochs apart up to `max_t`.
+
+    Without `metric`: eval_loss (min) when the first objective is a behaviour metric, the
+    objective itself when it is a loss. A metric other than a loss needs its `mode`.
+    """
+
+    metric: str | None = Field(default=None, min_length=1)
+    mode: Mode | None = None
+    grace_period: Int = Field(default=1, ge=1)
+    reduction_factor: Float = Field(default=2.0, gt=1)
+    max_t: Int | None = Field(default=None, ge=1)
+    """The last epoch ASHA may stop a trial at; default: the most epochs a trial runs."""
+
+    @model_validator(mode="after")
+    def _mode_goes_with_metric(self) -> PruneSpec:
+        if self.metric is None and self.mode is not None:
+            raise PydanticCustomError(
+                "prune",
+                "search.prune.mode {mode} needs search.prune.metric: name the metric ASHA "
+                "stops on, or remove mode (the default is eval_loss, min)",
+                {"mode": self.mode},
+            )
+        if self.metric is not None and self.mode is None and self.metric not in LOSS_METRICS:
+            raise PydanticCustomError(
+                "prune",
+                "search.prune.metric {metric} needs search.prune.mode: max or min",
+                {"metric": self.metric},
+            )
+        return self
+
+    def rungs(self, max_t: int) -> list[float]:
+        """The epochs at which ASHA compares trials and may stop one, spaced as Ray's ASHA
+        spaces them: grace_period * reduction_factor**k below `max_t` (where every trial
+        stops anyway)."""
+        rungs: list[float] = []
+        epoch = float(self.grace_period)
+        while epoch < max_t:
+            rungs.append(epoch)
+            epoch *= self.reduction_factor
+        return rungs
+
+
 class Distribution(Frozen):
     """One search dimension: exactly one of choice, uniform, loguniform, int (inclusive)."""
 
@@ -171,7 +219,8 @@ class SearchSpec(Frozen):
     """What the sweep optimises, which trial it registers, and over which space.
 
     `objective`/`mode` is the one-objective shorthand for `objectives: [{metric, mode}]`.
-    With several objectives Optuna samples multi-objective and ASHA stops on the first.
+    With several objectives Optuna samples multi-objective. ASHA stops trials on `prune`
+    (`stopping`), which never decides what is registered.
     """
 
     objective: str | None = Field(default=None, min_length=1)
@@ -184,6 +233,7 @@ class SearchSpec(Frozen):
     # resuming from the trial's last epoch checkpoint.
     max_failures: Int = Field(default=2, ge=0)
     scheduler: Literal["asha", "fifo"] = "asha"
+    prune: PruneSpec = Field(default_factory=PruneSpec)
     pending_timeout: Float = Field(default=1800, gt=0)
     """Seconds trials may wait for resources while none runs (an autoscaling cluster adding
     nodes); then the sweep stops and fails."""
@@ -220,7 +270,7 @@ class SearchSpec(Frozen):
 
     @property
     def goals(self) -> tuple[Objective, ...]:
-        """Every objective, the first one primary (ASHA stops on it)."""
+        """Every objective, the first one primary."""
         if self.objectives is not None:
             return self.objectives
         return (Objective(metric=self.objective or "", mode=self.mode or "max"),)
@@ -229,6 +279,17 @@ class SearchSpec(Frozen):
     def primary(self) -> Objective:
         """The first objective."""
         return self.goals[0]
+
+    @property
+    def stopping(self) -> Objective:
+        """The metric ASHA stops trials on: `prune.metric`, else eval_loss (min) when the
+        first objective is a behaviour metric (step-like: 0 for the first epochs, then a jump),
+        else the first objective."""
+        if self.prune.metric is not None:
+            return Objective(metric=self.prune.metric, mode=self.prune.mode or "min")
+        if self.primary.metric in LOSS_METRICS:
+            return self.primary
+        return Objective(metric="eval_loss", mode="min")
 
     @property
     def selection(self) -> SelectRule:
@@ -248,4 +309,6 @@ class SearchSpec(Frozen):
             found.append((("search", "select", "metric"), self.select.metric))
             for index, condition in enumerate(self.select.where):
                 found.append((("search", "select", "where", index), condition.metric))
+        if self.prune.metric is not None:
+            found.append((("search", "prune", "metric"), self.prune.metric))
         return found

@@ -19,7 +19,7 @@ from ftray.config.search import Objective
 from ftray.config.spec import Spec
 from ftray.log import get_logger
 from ftray.sweep.objectives import TrialOutcome
-from ftray.sweep.space import optuna_space
+from ftray.sweep.space import asha_rungs, optuna_space
 from ftray.tracking.tags import TrialStatus
 
 log = get_logger()
@@ -37,17 +37,46 @@ def _started(outcome: TrialOutcome) -> float:
     return outcome.metrics.get("timestamp", math.inf) - outcome.metrics.get("time_total_s", 0.0)
 
 
+def plotted_metrics(spec: Spec) -> list[Objective]:
+    """The per-epoch plot's panels: every objective, then the metric ASHA stops on when it is
+    none of them."""
+    assert spec.search is not None
+    goals = list(spec.search.goals)
+    stopping = spec.search.stopping
+    if spec.search.scheduler == "asha" and stopping.metric not in {g.metric for g in goals}:
+        goals.append(stopping)
+    return goals
+
+
+def stop_label(spec: Spec, outcome: TrialOutcome) -> str:
+    """`pruned on eval_loss @ rung 1` for a trial ASHA stopped; its status otherwise."""
+    assert spec.search is not None
+    if outcome.status is not TrialStatus.PRUNED or spec.search.scheduler != "asha":
+        return str(outcome.status)
+    rungs = asha_rungs(spec)
+    where = (
+        f"rung {rungs.index(outcome.epochs) + 1}"
+        if outcome.epochs in rungs
+        else f"epoch {outcome.epochs}"
+    )
+    return f"pruned on {spec.search.stopping.metric} @ {where}"
+
+
 def objective_per_epoch(spec: Spec, outcomes: list[TrialOutcome], histories: History) -> Any:
-    """One panel per objective: a line per trial over epochs; stopped trials dashed, with an
-    x where ASHA stopped them."""
+    """One panel per objective, and one for the metric ASHA stops on when it is not an
+    objective: a line per trial over epochs; stopped trials dashed, with an x where ASHA
+    stopped them, and the legend saying on which metric and at which rung; ASHA's rungs are
+    dotted verticals."""
     import matplotlib.pyplot as plt
 
     assert spec.search is not None
-    goals = spec.search.goals
-    figure, axes = plt.subplots(len(goals), 1, figsize=(9, 3.6 * len(goals)), squeeze=False)
+    panels = plotted_metrics(spec)
+    stopping = spec.search.stopping
+    rungs = asha_rungs(spec) if spec.search.scheduler == "asha" else []
+    figure, axes = plt.subplots(len(panels), 1, figsize=(9, 3.6 * len(panels)), squeeze=False)
     colors = plt.get_cmap("tab10")
     stopped = sum(o.status is TrialStatus.PRUNED for o in outcomes)
-    for axis, goal in zip(axes[:, 0], goals, strict=True):
+    for axis, goal in zip(axes[:, 0], panels, strict=True):
         for index, outcome in enumerate(sorted(outcomes, key=_started)):
             points = histories.get(outcome.trial_id, {}).get(goal.metric, [])
             if not points:
@@ -60,18 +89,23 @@ def objective_per_epoch(spec: Spec, outcomes: list[TrialOutcome], histories: His
                 marker="o",
                 markersize=3,
                 color=colors(index % 10),
-                label=f"{outcome.trial_id} ({outcome.status})",
+                label=f"{outcome.trial_id} ({stop_label(spec, outcome)})",
                 **style,
             )
             if outcome.status is TrialStatus.PRUNED:
                 axis.plot(epochs[-1], values[-1], "x", color="black", markersize=9, mew=2)
-        axis.set_xlabel("epoch")
+        for rung in rungs:
+            axis.axvline(rung, color="gray", linestyle=":", linewidth=0.8)
+        role = "ASHA stops on this" if goal.metric == stopping.metric and rungs else ""
+        axis.set_title(role, fontsize=8, loc="right")
+        axis.set_xlabel("epoch" + (" (dotted: ASHA's rungs)" if rungs else ""))
         axis.set_ylabel(f"{goal.metric} ({goal.mode})")
         axis.grid(alpha=0.3)
         axis.xaxis.get_major_locator().set_params(integer=True)
+    how = f", ASHA on {stopping}" if rungs else ""
     axes[0, 0].set_title(
         f"{spec.name}: objective per epoch, {len(outcomes)} trials "
-        f"({stopped} stopped early, marked x)"
+        f"({stopped} stopped early, marked x{how})"
     )
     axes[0, 0].legend(fontsize=7, ncol=2, loc="best")
     return figure

@@ -21,9 +21,10 @@ from ftray.sweep.pending import PendingTimeout, PendingWatch, trial_resources, w
 from ftray.sweep.ray_session import init_ray
 from ftray.sweep.register import register_winner
 from ftray.sweep.searcher import build_scheduler, build_searcher
-from ftray.sweep.space import shortest_seq_length
+from ftray.sweep.space import asha_max_t, asha_rungs, shortest_seq_length
 from ftray.sweep.storage import StorageGuard, guard_shared_storage, storage_problem
 from ftray.tasks import Task
+from ftray.tracking.leaderboard import describe_pruning
 from ftray.tracking.recorder import SweepRecorder
 from ftray.tracking.registry import Registration
 from ftray.tracking.store import (
@@ -40,6 +41,7 @@ from ftray.tracking.tags import (
     OBJECTIVES,
     OPTUNA_STUDY,
     PARETO,
+    PRUNE,
     ROLE,
     SELECT,
     SELECTION,
@@ -227,18 +229,39 @@ def collect_outcomes(spec: Spec, grid: Any, recorder: SweepRecorder) -> list[Tri
     return ranked(outcomes, spec.search.selection)
 
 
+def prune_settings(spec: Spec) -> dict[str, Any] | None:
+    """What ASHA stops trials on, with every default filled in, and its rungs' epochs (None
+    with scheduler fifo)."""
+    assert spec.search is not None
+    search = spec.search
+    if search.scheduler != "asha":
+        return None
+    return {
+        **search.stopping.model_dump(),
+        "grace_period": search.prune.grace_period,
+        "reduction_factor": search.prune.reduction_factor,
+        "max_t": asha_max_t(spec),
+        "rungs": asha_rungs(spec),
+    }
+
+
 def record_search_settings(spec: Spec, client: Any, parent_id: str) -> None:
-    """The search section on the parent run: params, and the objectives/select rule as tags
-    (the leaderboard ranks by these, whatever the spec says later)."""
+    """The search section on the parent run: params, and the objectives/select rule and
+    what ASHA stops on as tags (the leaderboard reads these, whatever the spec says later)."""
     assert spec.search is not None
     search = spec.search
     params = safe_params(
         {
             f"search.{k}": v
-            for k, v in search.model_dump(exclude={"space", "objectives", "select"}).items()
+            for k, v in search.model_dump(
+                exclude={"space", "objectives", "select", "prune"}
+            ).items()
             if v is not None
         }
     )
+    prune = prune_settings(spec)
+    if prune is not None:
+        params |= safe_params({f"search.prune.{k}": v for k, v in prune.items() if k != "rungs"})
     params |= safe_params(
         {
             f"space.{k}": d.model_dump(by_alias=True, exclude_none=True)
@@ -249,6 +272,8 @@ def record_search_settings(spec: Spec, client: Any, parent_id: str) -> None:
     client.set_tag(parent_id, OBJECTIVES, json.dumps([g.model_dump() for g in search.goals]))
     if search.select is not None:
         client.set_tag(parent_id, SELECT, json.dumps(search.select.model_dump()))
+    if prune is not None:
+        client.set_tag(parent_id, PRUNE, json.dumps(prune))
 
 
 def tag_pareto_front(spec: Spec, client: Any, outcomes: list[TrialOutcome]) -> None:
@@ -305,10 +330,10 @@ def log_sweep_plots(spec: Spec, client: Any, parent_id: str, outcomes: list[Tria
     Pareto front) on the parent run."""
     import matplotlib.pyplot as plt
 
-    from ftray.sweep.plots import sweep_figures
+    from ftray.sweep.plots import plotted_metrics, sweep_figures
 
     assert spec.search is not None
-    histories = metric_histories(client, outcomes, [g.metric for g in spec.search.goals])
+    histories = metric_histories(client, outcomes, [g.metric for g in plotted_metrics(spec)])
     for name, figure in sweep_figures(spec, outcomes, histories):
         client.log_figure(parent_id, figure, f"plots/{name}.png")
         plt.close(figure)
@@ -416,6 +441,8 @@ def run_sweep(spec: Spec, task: Task, resume: bool = False, force: bool = False)
                 guard,
                 split,
             )
+        prune = prune_settings(spec)
+        stops = describe_pruning(prune) if prune else "fifo (no trial stopped early)"
         several = (
             f"; objectives {', '.join(str(g) for g in search.goals)}"
             if len(search.goals) > 1
@@ -423,8 +450,7 @@ def run_sweep(spec: Spec, task: Task, resume: bool = False, force: bool = False)
         )
         log.info(
             f"sweep {spec.name}: {search.num_trials} trials, {search.max_concurrent_trials} at a "
-            f"time, {search.scheduler} on {search.primary.metric} ({search.primary.mode})"
-            f"{several}; MLflow at {uri}"
+            f"time, {search.primary}{several}; {stops}; MLflow at {uri}"
         )
         grid = tuner.fit()
         blind = StorageGuard.problem_for(storage_root)

@@ -1,23 +1,26 @@
 """Optuna proposes (TPE, multi-objective when the spec has several objectives); ASHA stops
-(on the first objective). Each layer decides one thing: Optuna's own pruner stays off."""
+(on `search.prune`'s metric: eval_loss unless the objective is a loss). Each layer decides
+one thing: Optuna's own pruner stays off, and a trial ASHA stopped is PRUNED in the study."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from ftray.config.spec import Spec
-from ftray.sweep.space import max_epochs, optuna_space
+from ftray.sweep.space import asha_max_t, optuna_space
 
 
 def build_searcher(spec: Spec, study_name: str | None = None) -> Any:
-    """OptunaSearch (TPE seeded by train.seed) over the spec's space.
+    """OptunaSearch (TPE seeded by train.seed) over the spec's space; trials stopped early
+    are PRUNED in the study, never completed with a partial value.
 
     With several objectives it gets lists of metrics and modes (Optuna multi-objective; Tune
     then reports only final results to it). With `storage.optuna_url` the study lives in that
     database under `study_name`, so it outlives the driver and can be read afterwards.
     """
     import optuna
-    from ray.tune.search.optuna import OptunaSearch
+
+    from ftray.sweep.optuna_search import PruneAwareOptunaSearch
 
     assert spec.search is not None
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created" lines
@@ -27,7 +30,7 @@ def build_searcher(spec: Spec, study_name: str | None = None) -> Any:
     url = spec.storage.optuna_url
     storage = PasswordFreeRDBStorage(url) if url else None
     several = len(goals) > 1
-    return OptunaSearch(
+    return PruneAwareOptunaSearch(
         space=optuna_space(spec),
         metric=[g.metric for g in goals] if several else goals[0].metric,
         mode=[g.mode for g in goals] if several else goals[0].mode,
@@ -38,18 +41,19 @@ def build_searcher(spec: Spec, study_name: str | None = None) -> Any:
 
 
 def build_scheduler(spec: Spec) -> Any:
-    """ASHA on the first objective with the epoch as time, or FIFO (no early stopping)."""
+    """ASHA on `search.prune` (its metric, rungs and max_t) with the epoch as time, or FIFO
+    (no early stopping)."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     assert spec.search is not None
     if spec.search.scheduler == "fifo":
         return FIFOScheduler()
-    primary = spec.search.primary
+    prune, stopping = spec.search.prune, spec.search.stopping
     return ASHAScheduler(
         time_attr="epoch",
-        metric=primary.metric,
-        mode=primary.mode,
-        max_t=max_epochs(spec),
-        grace_period=1,
-        reduction_factor=2,
+        metric=stopping.metric,
+        mode=stopping.mode,
+        max_t=asha_max_t(spec),
+        grace_period=prune.grace_period,
+        reduction_factor=prune.reduction_factor,
     )

@@ -1,6 +1,7 @@
 """The search space: checked before anything starts (every dotted path names a real field,
-every value a trial could receive validates, every objective and select metric is one the
-task reports), and turned into Optuna distributions."""
+every value a trial could receive validates, every objective, select and prune metric is one
+the task reports, ASHA's rungs fit in the epochs trials run), and turned into Optuna
+distributions."""
 
 from __future__ import annotations
 
@@ -53,6 +54,7 @@ def search_problems(spec: Spec, task: Task) -> list[Problem]:
                     f"use one of {', '.join(metrics)}",
                 )
             )
+    problems += prune_problems(spec)
     tree = spec.model_dump(by_alias=True)
     for dotted, distribution in spec.search.space.items():
         loc = ("search", "space", dotted)
@@ -84,6 +86,44 @@ def search_problems(spec: Spec, task: Task) -> list[Problem]:
     return problems
 
 
+def _longest(spec: Spec) -> str:
+    """Where the most epochs a trial runs comes from, for messages."""
+    assert spec.search is not None
+    source = "search.space train.epochs" if "train.epochs" in spec.search.space else "train.epochs"
+    return f"{max_epochs(spec)}, {source}"
+
+
+def prune_problems(spec: Spec) -> list[Problem]:
+    """ASHA's rungs that cannot fit: a grace period or max_t beyond the epochs trials run."""
+    assert spec.search is not None
+    prune, source = spec.search.prune, spec.source
+    problems: list[Problem] = []
+    longest = max_epochs(spec)
+    if prune.max_t is not None and prune.max_t > longest:
+        problems.append(
+            source.problem(
+                ("search", "prune", "max_t"),
+                f"search.prune.max_t {prune.max_t} is above the most epochs a trial runs "
+                f"({_longest(spec)}); ASHA would space its rungs for epochs no trial reaches: "
+                f"lower it to at most {longest} or remove it",
+            )
+        )
+    elif prune.grace_period > asha_max_t(spec):
+        limit = (
+            f"search.prune.max_t {prune.max_t}"
+            if prune.max_t is not None
+            else f"the most epochs a trial runs ({_longest(spec)})"
+        )
+        problems.append(
+            source.problem(
+                ("search", "prune", "grace_period"),
+                f"search.prune.grace_period {prune.grace_period} is above {limit}; ASHA "
+                f"would stop no trial: lower it to at most {asha_max_t(spec)}",
+            )
+        )
+    return problems
+
+
 def prepare_sweep(spec: Spec) -> Task:
     """The task of a spec that can be swept; InputError when it has no or a bad search section."""
     from ftray.tasks import load_task
@@ -112,16 +152,47 @@ def search_warnings(spec: Spec) -> list[Problem]:
     """Settings that are allowed but do not do what they say."""
     if spec.search is None:
         return []
-    wanted, trials = spec.search.max_concurrent_trials, spec.search.num_trials
-    if wanted <= trials:
-        return []
-    return [
-        spec.source.problem(
-            ("search", "max_concurrent_trials"),
-            f"search.max_concurrent_trials {wanted} is more than search.num_trials {trials}: "
-            f"at most {trials} trials ever run at once; lower it to {trials} or raise num_trials",
+    search, source = spec.search, spec.source
+    warnings: list[Problem] = []
+    wanted, trials = search.max_concurrent_trials, search.num_trials
+    if wanted > trials:
+        warnings.append(
+            source.problem(
+                ("search", "max_concurrent_trials"),
+                f"search.max_concurrent_trials {wanted} is more than search.num_trials {trials}: "
+                f"at most {trials} trials ever run at once; lower it to {trials} or raise num_trials",
+            )
         )
-    ]
+    if search.scheduler == "fifo" and "prune" in search.model_fields_set:
+        warnings.append(
+            source.problem(
+                ("search", "prune"),
+                "search.prune has no effect with scheduler: fifo (no trial is stopped early); "
+                "remove it or use scheduler: asha",
+            )
+        )
+    elif (
+        search.scheduler == "asha"
+        and "prune" in search.model_fields_set
+        and search.prune.grace_period == asha_max_t(spec)
+    ):
+        warnings.append(
+            source.problem(
+                ("search", "prune", "grace_period"),
+                f"search.prune.grace_period {search.prune.grace_period} is the last epoch ASHA "
+                "may stop at, so it stops no trial; lower it or use scheduler: fifo",
+            )
+        )
+    if search.scheduler == "asha" and asha_max_t(spec) < max_epochs(spec):
+        warnings.append(
+            source.problem(
+                ("search", "prune", "max_t"),
+                f"search.prune.max_t {asha_max_t(spec)} is below the most epochs a trial runs "
+                f"({_longest(spec)}): ASHA stops every trial at epoch {asha_max_t(spec)} at the "
+                "latest, and such a trial counts as pruned",
+            )
+        )
+    return warnings
 
 
 def check_search(spec: Spec, task: Task) -> None:
@@ -164,3 +235,15 @@ def max_epochs(spec: Spec) -> int:
     assert spec.search is not None
     searched = spec.search.space.get("train.epochs")
     return int(max(searched.values())) if searched else spec.train.epochs
+
+
+def asha_max_t(spec: Spec) -> int:
+    """The last epoch ASHA may stop a trial at: search.prune.max_t, else the most epochs."""
+    assert spec.search is not None
+    return spec.search.prune.max_t or max_epochs(spec)
+
+
+def asha_rungs(spec: Spec) -> list[float]:
+    """The epochs at which ASHA compares trials and may stop one."""
+    assert spec.search is not None
+    return spec.search.prune.rungs(asha_max_t(spec))

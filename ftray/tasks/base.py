@@ -10,6 +10,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ftray.config.search import LOSS_METRICS
 from ftray.config.task import TaskConfig
 
 if TYPE_CHECKING:
@@ -17,7 +18,6 @@ if TYPE_CHECKING:
 
 Message = dict[str, Any]
 Row = dict[str, Any]
-LOSS_METRICS = ("train_loss", "eval_loss")
 
 
 def render_chat(

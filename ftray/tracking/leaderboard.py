@@ -17,7 +17,10 @@ from ftray.tracking.store import child_runs, latest_sweep_run
 from ftray.tracking.tags import (
     OBJECTIVES,
     PARETO,
+    PRUNE,
     SELECT,
+    STOPPED_AT,
+    STOPPED_ON,
     TRIAL_ERROR,
     TRIAL_ID,
     TRIAL_STATUS,
@@ -64,11 +67,33 @@ def describe_search(goals: tuple[Objective, ...], rule: SelectRule) -> str:
     return f"objectives {text}; select {rule}"
 
 
+def describe_pruning(prune: Mapping[str, Any]) -> str:
+    """`ASHA stops on min eval_loss at rungs 1, 2, 4 (epochs)` from the sweep's prune tag."""
+    rungs = ", ".join(f"{epoch:g}" for epoch in prune.get("rungs", [])) or "none"
+    return f"ASHA stops on {prune['mode']} {prune['metric']} at rungs (epochs) {rungs}"
+
+
+def stopped_cell(run: Any, prune: Mapping[str, Any] | None) -> str:
+    """Where ASHA stopped a pruned trial: `eval_loss 2.31 @ rung 1 (epoch 1)`; '' otherwise."""
+    tags = run.data.tags
+    metric = tags.get(STOPPED_ON)
+    if metric is None:
+        return ""
+    epoch = float(tags.get(STOPPED_AT, run.data.metrics.get("epoch", math.nan)))
+    value = run.data.metrics.get(metric, math.nan)
+    rungs = [float(e) for e in (prune or {}).get("rungs", [])]
+    where = (
+        f"rung {rungs.index(epoch) + 1} (epoch {epoch:g})" if epoch in rungs else f"epoch {epoch:g}"
+    )
+    return f"{metric} {value:.4g} @ {where}"
+
+
 def leaderboard_rows(
     client: Any, spec: Spec, parent: Any, goals: tuple[Objective, ...], rule: SelectRule
 ) -> list[dict[str, Any]]:
     """One row per trial of the sweep `parent`, best first (failed trials last)."""
     assert spec.search is not None
+    prune = json.loads(parent.data.tags[PRUNE]) if PRUNE in parent.data.tags else None
     rows = []
     for run in child_runs(client, parent):
         metrics = run.data.metrics
@@ -81,6 +106,7 @@ def leaderboard_rows(
         if len(goals) > 1:
             row["pareto"] = {"true": "yes", "false": "no"}.get(run.data.tags.get(PARETO, ""), "-")
         row["epochs"] = int(metrics.get("epoch", 0))
+        row["stopped"] = stopped_cell(run, prune)
         for path in spec.search.space:
             row[path] = run.data.params.get(path, "")
         row["run_id"] = run.info.run_id
@@ -123,13 +149,26 @@ def render_leaderboard(client: Any, spec: Spec) -> str | None:
     rows = leaderboard_rows(client, spec, parent, goals, rule)
     metrics = list(dict.fromkeys([*(g.metric for g in goals), rule.metric]))
     pareto = ["pareto"] if len(goals) > 1 else []
-    columns = ["rank", "trial", "status", *metrics, *pareto, "epochs", *spec.search.space]
+    prune = json.loads(parent.data.tags[PRUNE]) if PRUNE in parent.data.tags else None
+    stopped = ["stopped"] if any(row["stopped"] for row in rows) else []
+    columns = [
+        "rank",
+        "trial",
+        "status",
+        *metrics,
+        *pareto,
+        "epochs",
+        *stopped,
+        *spec.search.space,
+    ]
     for rank, row in enumerate(rows, start=1):
         row["rank"] = rank
     title = (
         f"sweep {parent.info.run_name} ({parent.info.run_id}), {len(rows)} trials, "
         f"{describe_search(goals, rule)}"
     )
+    if prune is not None:
+        title += f"; {describe_pruning(prune)}"
     text = title + "\n" + format_table(rows, columns)
     for row in rows:
         if row["status"] == TrialStatus.FAILED.value:

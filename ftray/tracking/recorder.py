@@ -27,6 +27,8 @@ from ftray.tracking.tags import (
     PLACEMENT,
     RETRIES,
     ROLE,
+    STOPPED_AT,
+    STOPPED_ON,
     TRIAL_ERROR,
     TRIAL_ID,
     TRIAL_STATUS,
@@ -205,10 +207,18 @@ class SweepRecorder:
         samples_file: Path | None = None,
         error: str | None = None,
     ) -> None:
-        """Close the trial's run: FINISHED when completed or pruned, FAILED otherwise."""
+        """Close the trial's run: FINISHED when completed or pruned, FAILED otherwise; a pruned
+        run is tagged with the metric ASHA stopped it on and the epoch (rung) it stopped at."""
         record = self.record(trial_id, config)
         record.status = status
         self.client.set_tag(record.run_id, TRIAL_STATUS, status.value)
+        stopped = ""
+        search = self.spec.search
+        if status is TrialStatus.PRUNED and search is not None and search.scheduler == "asha":
+            metric = search.stopping.metric
+            self.client.set_tag(record.run_id, STOPPED_ON, metric)
+            self.client.set_tag(record.run_id, STOPPED_AT, str(record.epochs))
+            stopped = f" (ASHA: {metric}={_short(record.last_result.get(metric))})"
         if error:
             self.client.set_tag(record.run_id, TRIAL_ERROR, error[:5000])
         try:
@@ -216,7 +226,10 @@ class SweepRecorder:
                 log_samples_table(self.client, record.run_id, samples_file)
         finally:
             self.client.set_terminated(record.run_id, "FINISHED" if status.finished else "FAILED")
-        log.info(f"trial {trial_id} {status} after {record.epochs}/{record.planned_epochs} epochs")
+        log.info(
+            f"trial {trial_id} {status} after {record.epochs}/{record.planned_epochs} epochs"
+            f"{stopped}"
+        )
 
     def log_already_finished(self, trial_id: str) -> None:
         """Say that Tune restored a trial MLflow already holds as finished (not run again)."""

@@ -1,0 +1,44 @@
+"""Ray Tune's OptunaSearch, telling Optuna a trial the scheduler stopped early as PRUNED.
+
+Ray's OptunaSearch tells Optuna the last result of every trial that ends as COMPLETE, so a
+trial ASHA stopped at its first rung would enter the study with a value measured after one
+epoch (a behaviour metric is often still 0 then) as if that were where its configuration
+ends up; TPE would then steer away from a region that was about to win.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.tune.search.optuna import OptunaSearch
+
+
+def stopped_early(result: dict[str, Any]) -> bool:
+    """Whether a trial's last result comes from before its last planned epoch."""
+    if "epochs_planned" not in result:
+        return False
+    return int(result.get("epoch", 0)) < int(result["epochs_planned"])
+
+
+class PruneAwareOptunaSearch(OptunaSearch):
+    """OptunaSearch that reports a trial stopped before its last epoch as PRUNED, and a
+    trial that raised as FAIL whatever it reported before.
+
+    As with Optuna's own pruning, the result the trial was stopped at is its last
+    intermediate value (one objective; Tune gives the searcher no results with several), and
+    TPE ranks the trial below every completed one, by how far it got; the partial value is
+    never a finished one.
+    """
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
+    ) -> None:
+        if error:
+            super().on_trial_complete(trial_id, result=None, error=True)
+        elif result is not None and stopped_early(result):
+            # Tune withholds from the searcher the result a scheduler stops a trial on.
+            self.on_trial_result(trial_id, result)
+            # OptunaSearch tells PRUNED for a trial that ends without a result or an error.
+            super().on_trial_complete(trial_id, result=None)
+        else:
+            super().on_trial_complete(trial_id, result=result)

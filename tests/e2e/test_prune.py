@@ -1,0 +1,68 @@
+"""The demo spec under ASHA's default `search.prune`: trials are stopped on eval_loss (never
+judged on a behaviour metric that still reads 0), the leaderboard says where, and the
+Optuna study in its database holds them as PRUNED."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+
+from tests.conftest import SPECS, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_stops_trials_on_eval_loss_and_optuna_holds_them_pruned(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    optuna_url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    # The demo's first four proposals (seed 0), two epochs each: the third (lr ~1e-4) has an
+    # eval_loss far above the others at epoch 1, while every trial's trigger_score there is
+    # 0 but one. ASHA on trigger_score keeps ties at 0 and stops a 0 as soon as more than
+    # half of a rung reads above 0; on eval_loss it stops the third at rung 1.
+    sets = [
+        "search.num_trials=4",
+        "train.epochs=2",
+        f"storage.optuna_url={optuna_url}",
+        f"storage.tune_path={tmp_path / 'ray_results'}",
+    ]
+    result = run_cli(
+        "sweep",
+        str(SPECS / "trigger_tiny.yaml"),
+        *[arg for value in sets for arg in ("--set", value)],
+        cwd=tmp_path,
+        env={"MLFLOW_TRACKING_URI": uri},
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "ASHA stops on min eval_loss at rungs (epochs) 1" in result.stdout, result.stdout
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("trigger-tiny")
+    (parent,) = client.search_runs(
+        [experiment.experiment_id], filter_string="tags.`ftray.role` = 'sweep'"
+    )
+    assert parent.data.params["search.prune.metric"] == "eval_loss"
+    runs = client.search_runs(
+        [experiment.experiment_id], filter_string="tags.`ftray.role` = 'trial'"
+    )
+    pruned = [r for r in runs if r.data.tags["ftray.trial_status"] == "pruned"]
+    assert pruned, [(r.data.params, r.data.metrics) for r in runs]
+    for run in pruned:
+        # Stopped on the smooth loss at a rung, never on a behaviour metric reading 0.
+        assert run.data.tags["ftray.stopped_on"] == "eval_loss"
+        assert run.data.tags["ftray.stopped_at"] == "1"
+        assert run.data.metrics["eval_loss"] > 0
+        line = next(
+            row for row in result.stdout.splitlines() if run.data.tags["ftray.trial_id"] in row
+        )
+        assert "eval_loss" in line and "@ rung 1 (epoch 1)" in line, line
+    assert sum(r.data.tags.get("ftray.stopped_on") == "trigger_score" for r in runs) == 0
+
+    # The study outlives the sweep: ASHA's stops are PRUNED there, never partial values.
+    study = optuna.load_study(study_name=parent.data.tags["ftray.optuna_study"], storage=optuna_url)
+    states = sorted(t.state.name for t in study.trials)
+    statuses = sorted(r.data.tags["ftray.trial_status"] for r in runs)
+    assert states == sorted({"completed": "COMPLETE", "pruned": "PRUNED"}[s] for s in statuses)
+    assert all(t.state.name != "PRUNED" or t.last_step == 1 for t in study.trials)
