@@ -31,8 +31,8 @@ STATE_JSON = "training_state.json"
 EPOCH_METRICS = "metrics.json"
 EPOCH_SAMPLES = "samples.jsonl"
 MANIFEST = "checkpoint.json"
-# Only for resuming (and the sweep's record of the epoch): an adapter copied out of a checkpoint (the final one, the registered
-# one) leaves them behind.
+# Kept for resuming and as the sweep's record of the epoch: an adapter copied out of a
+# checkpoint (the final one, the registered one) leaves them behind.
 RESUME_FILES = (TRAINER_STATE, STATE_TENSORS, STATE_JSON, EPOCH_METRICS, EPOCH_SAMPLES, MANIFEST)
 
 
