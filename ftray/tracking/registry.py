@@ -21,6 +21,7 @@ CHAMPION = "champion"
 LOCK_SUFFIX = ".ftray-champion-lock"
 STALE_LOCK_SECONDS = 120.0
 """A lock older than this was left by a dead process (a decision takes well under a second)."""
+VERSION_CREATE_ATTEMPTS = 8
 
 
 @dataclass(frozen=True)
@@ -153,15 +154,26 @@ def _create_version(
             raise
     # MLflow resolves a models:/<id> source through the process-wide tracking URI, not this
     # client's; the version must point at the logged model (not its folder) to link to it.
-    with process_tracking_uri(client.tracking_uri):
-        return client.create_model_version(
-            name,
-            source=logged.model_uri,
-            run_id=run_id,
-            tags=lineage.tags(),
-            description=version_description(lineage, package.metrics),
-            model_id=logged.model_id,
-        )
+    # MLflow numbers a new version max+1 and, when another process took that number first,
+    # retries three times at once and gives up ("Model Version creation error ... Giving up");
+    # sweeps registering into one name at once hit that, so ftray retries with a pause.
+    attempt = 0
+    while True:
+        try:
+            with process_tracking_uri(client.tracking_uri):
+                return client.create_model_version(
+                    name,
+                    source=logged.model_uri,
+                    run_id=run_id,
+                    tags=lineage.tags(),
+                    description=version_description(lineage, package.metrics),
+                    model_id=logged.model_id,
+                )
+        except MlflowException as exc:
+            attempt += 1
+            if "Model Version creation error" not in str(exc) or attempt == VERSION_CREATE_ATTEMPTS:
+                raise
+            time.sleep(random.uniform(0.1, 0.5) * attempt)
 
 
 @contextmanager
@@ -279,7 +291,10 @@ def champion_lock(client: Any, name: str, timeout: float = 300.0) -> Iterator[No
             )
             break
         except MlflowException as exc:
-            if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
+            # Held by another process; or released just as the store answered (it then reports
+            # the name it had found as gone): either way, try again.
+            retried = ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST")
+            if not any(code in str(exc.error_code) for code in retried):
                 raise
         _break_stale_lock(client, lock)
         if time.monotonic() > deadline:
