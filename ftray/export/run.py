@@ -6,7 +6,6 @@ complete, so a failed export never leaves a half-written folder behind.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ftray import __version__
+from ftray.config.files import sha256_of_file as sha256_of
 from ftray.errors import InputError
 from ftray.log import get_logger
 
@@ -73,15 +73,6 @@ def check_request(request: ExportRequest) -> None:
         raise InputError.at(
             out, None, "--out is not empty; pick an empty folder or pass --force to replace it"
         )
-
-
-def sha256_of(path: Path) -> str:
-    """The sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def manifest(request: ExportRequest, source: Any, folder: Path, details: dict[str, Any]) -> dict:

@@ -17,13 +17,14 @@ Nothing here is pickled: tensors go through safetensors, the rest through JSON.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
 import shutil
 from pathlib import Path
 from typing import Any
+
+from ftray.config.files import sha256_of_file
 
 TRAINER_STATE = "trainer_state.json"
 STATE_TENSORS = "training_state.safetensors"
@@ -40,14 +41,6 @@ def copy_adapter(checkpoint: str | Path, target: Path) -> None:
     """Copy the adapter and tokenizer of an epoch checkpoint to `target`, without the state
     kept only to resume training."""
     shutil.copytree(checkpoint, target, ignore=shutil.ignore_patterns(*RESUME_FILES))
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def save_training_state(
@@ -108,7 +101,7 @@ def save_training_state(
 def write_manifest(folder: Path) -> None:
     """Checksums of every file in `folder`, written atomically and last."""
     files = {
-        str(path.relative_to(folder)): _sha256(path)
+        str(path.relative_to(folder)): sha256_of_file(path)
         for path in sorted(folder.rglob("*"))
         if path.is_file() and path.name != MANIFEST
     }
@@ -131,7 +124,7 @@ def checkpoint_problem(folder: Path) -> str | None:
         path = folder / name
         if not path.is_file():
             return f"{name} is missing"
-        if _sha256(path) != digest:
+        if sha256_of_file(path) != digest:
             return f"{name} does not match its checksum"
     return None
 
