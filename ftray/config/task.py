@@ -21,3 +21,8 @@ class TaskConfig(Frozen):
         if len(values) != 1 or not isinstance(values[0], str):
             raise TypeError(f"{cls.__name__}.kind must be annotated Literal['<kind>']")
         return values[0]
+
+    def step_names(self) -> tuple[str, ...]:
+        """The steps `ftray sweep --each-step` sweeps one at a time (none: the task has no
+        steps). A task with steps has an `only_step` field that restricts it to one."""
+        return ()

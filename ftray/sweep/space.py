@@ -23,6 +23,8 @@ UNSEARCHABLE = (
     "tracking",
     "task.kind",
     "task.data",
+    "task.steps",
+    "task.only_step",
     "model.base",
     "resources_per_trial",
 )

@@ -14,18 +14,21 @@ from ftray.errors import InputError, Problem
 MAX_PROBLEMS = 20
 
 
-def require_data(spec: Spec, folder_ok: bool = False) -> Path:
-    """`task.data` as a path; a missing, looping or wrong kind of path is reported at the
-    spec line that names it."""
-    path = Path(spec.task.data)
-    reason = path_problem(path, folder_ok=folder_ok)
+def require_data(
+    spec: Spec, folder_ok: bool = False, path: str | None = None, field: str = "task.data"
+) -> Path:
+    """The data path a spec names (`task.data`, or `path` given at the dotted `field`); a
+    missing, looping or wrong kind of path is reported at the spec line that names it."""
+    data = Path(spec.task.data if path is None else path)
+    reason = path_problem(data, folder_ok=folder_ok)
     if reason == "not found":
         reason = "not found; fix the path (relative paths are relative to the spec file)"
     elif reason == "is a folder, not a file":
         reason = f"is a folder; a {spec.task.kind} task reads one JSONL file: name it"
     if reason is not None:
-        raise InputError([spec.source.problem(("task", "data"), f"task.data {path} {reason}")])
-    return path
+        loc = tuple(field.split("."))
+        raise InputError([spec.source.problem(loc, f"{field} {data} {reason}")])
+    return data
 
 
 class _RepeatedKey(ValueError):
@@ -108,7 +111,11 @@ def check_keys(
         if extra:
             parts.append(f"unexpected {', '.join(repr(k) for k in extra)}")
         want = ", ".join(repr(k) for k in sorted(required))
-        return Problem(str(path), number, f"{'; '.join(parts)}: each row needs the keys {want}")
+        may = ", ".join(repr(k) for k in sorted(optional))
+        also = f" and may have {may}" if may else ""
+        return Problem(
+            str(path), number, f"{'; '.join(parts)}: each row needs the keys {want}{also}"
+        )
     return None
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -26,12 +27,22 @@ _FENCE = re.compile(r"^```(?:json)?\s*\n?(.*?)\n?```$", re.DOTALL)
 SCORES = ("json_valid", "schema_valid", "field_accuracy")
 
 
+def _resolve_optional_path(value: str | None, info: ValidationInfo) -> str | None:
+    return None if value is None else resolve_path(value, info)
+
+
 class PipelineStepConfig(Frozen):
-    """One step of a structured-output pipeline and the JSON Schema its output must satisfy."""
+    """One step of a structured-output pipeline, the JSON Schema its output must satisfy,
+    and optionally its own data file."""
 
     json_schema: dict[str, Any] | str = Field(alias="schema")
+    data: str | None = None
+    """A JSONL file of this step's rows (they may omit `step`); with it, task.data need not
+    hold the step."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    _resolve_data = field_validator("data")(_resolve_optional_path)
 
     @field_validator("json_schema")
     @classmethod
@@ -47,17 +58,25 @@ class PipelineConfig(TaskConfig):
     """`task:` of a pipeline: per-step structured JSON outputs, each checked against its schema."""
 
     kind: Literal["pipeline"]
-    data: str
+    data: str | None = None
+    """A JSONL file or a folder of per-step files; optional when every step has its own data."""
     steps: dict[str, PipelineStepConfig] = Field(min_length=1)
+    only_step: str | None = None
+    """Train and score this one step alone (what `ftray sweep --each-step` sets per step)."""
     eval_fraction: Float = Field(default=0.2, gt=0.0, lt=1.0)
     max_new_tokens: Int = Field(default=256, ge=1)
 
-    _resolve_data = field_validator("data")(resolve_path)
+    _resolve_data = field_validator("data")(_resolve_optional_path)
+
+    def step_names(self) -> tuple[str, ...]:
+        """Every step of the pipeline, in spec order."""
+        return tuple(self.steps)
 
 
 @dataclass(frozen=True)
 class StepExample:
-    """One instruction and the JSON object a step should produce for it."""
+    """One instruction (with its Alpaca `input`, if any) and the JSON object a step should
+    produce for it."""
 
     step: str
     instruction: str
@@ -65,6 +84,13 @@ class StepExample:
     file: str = ""
     line: int = 0
     """Where the example was read (empty and 0: not read from a file)."""
+    input: str = ""
+    """The text the instruction is about, when the row gives it apart (Alpaca `input`)."""
+
+    @property
+    def prompt(self) -> str:
+        """The user message: the instruction, then a blank line and the input when there is one."""
+        return f"{self.instruction}\n\n{self.input}" if self.input.strip() else self.instruction
 
 
 def parse_json_output(text: str) -> tuple[bool, Any]:
@@ -133,9 +159,19 @@ def load_schema(value: dict[str, Any] | str) -> dict[str, Any]:
     return schema
 
 
-def _data_files(spec: Spec, path: Path) -> list[tuple[Path, str | None]]:
+def step_named_by(file: Path, steps: Iterable[str]) -> str | None:
+    """The step a data file's name gives its rows: `<step>.jsonl` or `<step>_train.jsonl`."""
+    names = set(steps)
+    if file.stem in names:
+        return file.stem
+    if file.stem.endswith("_train") and file.stem.removesuffix("_train") in names:
+        return file.stem.removesuffix("_train")
+    return None
+
+
+def _data_files(spec: Spec, path: Path) -> list[Path]:
     if not path.is_dir():
-        return [(path, None)]
+        return [path]
     files = sorted(path.glob("*.jsonl"))
     if not files:
         raise InputError(
@@ -158,7 +194,27 @@ def _data_files(spec: Spec, path: Path) -> list[tuple[Path, str | None]]:
             )
     if problems:
         raise InputError(problems)
-    return [(f, f.stem) for f in files]
+    return files
+
+
+@dataclass(frozen=True)
+class _DataFile:
+    """A file of pipeline rows and the step its rows default to."""
+
+    path: Path
+    step: str | None
+    """The step its name gives (`<step>.jsonl`), or whose own `data` it is."""
+    own: bool = False
+    """It is `steps.<step>.data`: every row belongs to that step."""
+
+
+def _json_error(text: str) -> str:
+    """Why `text` is not JSON, as json.loads says it."""
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as exc:
+        return f"{exc.msg} at character {exc.pos + 1}"
+    return "not a JSON value"
 
 
 class PipelineTask(Task):
@@ -177,13 +233,17 @@ class PipelineTask(Task):
         self.config = config
         self.dataset_sha256 = dataset_sha256
         self.validators = {step: validator_for(schema)(schema) for step, schema in schemas.items()}
-        self.steps = list(config.steps)
+        self.steps = [config.only_step] if config.only_step else list(config.steps)
         rng = random.Random(seed)
         self.train_examples: list[StepExample] = []
         self.eval_examples: list[StepExample] = []
-        for step in self.steps:
+        # Every step is shuffled in spec order, so one step alone gets the same split as
+        # it has in the whole pipeline.
+        for step in config.steps:
             rows = [e for e in examples if e.step == step]
             rng.shuffle(rows)
+            if step not in self.steps:
+                continue
             n_eval = max(1, round(config.eval_fraction * len(rows)))
             self.eval_examples += rows[:n_eval]
             self.train_examples += rows[n_eval:]
@@ -192,11 +252,30 @@ class PipelineTask(Task):
 
     @classmethod
     def from_spec(cls, spec: Spec) -> PipelineTask:
-        """Read the step schemas and `task.data`, checking every row against its step's schema."""
+        """Read the step schemas and the data (`task.data`, each step's own `data`), checking
+        every row against its step's schema."""
         assert isinstance(spec.task, PipelineConfig)
         config = spec.task
         schemas: dict[str, dict[str, Any]] = {}
         problems: list[Problem] = []
+        if config.only_step is not None and config.only_step not in config.steps:
+            problems.append(
+                spec.source.problem(
+                    ("task", "only_step"),
+                    f"task.only_step '{config.only_step}' is not one of task.steps "
+                    f"({', '.join(config.steps)})",
+                )
+            )
+        without = [step for step, s in config.steps.items() if s.data is None]
+        if config.data is None and without:
+            problems.append(
+                spec.source.problem(
+                    ("task",),
+                    f"task.data is required unless every step has its own data: "
+                    f"{', '.join(without)} {'has' if len(without) == 1 else 'have'} none; "
+                    "add task.data or steps.<name>.data",
+                )
+            )
         for step, step_spec in config.steps.items():
             try:
                 schemas[step] = load_schema(step_spec.json_schema)
@@ -207,94 +286,152 @@ class PipelineTask(Task):
         if problems:
             raise InputError(problems)
 
-        path = require_data(spec, folder_ok=True)
+        sources = cls._sources(spec)
         examples: list[StepExample] = []
-        files = _data_files(spec, path)
-        for file, default_step in files:
-            for number, row in read_jsonl(file):
-                required = (
-                    {"instruction", "output"} if default_step else {"step", "instruction", "output"}
-                )
-                problem = check_keys(file, number, row, required, optional={"step"})
-                if problem is None:
-                    problem = cls._check_row(file, number, row, default_step, schemas)
-                if problem:
-                    problems.append(problem)
-                    continue
-                output = (
-                    row["output"] if isinstance(row["output"], dict) else json.loads(row["output"])
-                )
-                examples.append(
-                    StepExample(
-                        row.get("step", default_step), row["instruction"], output, str(file), number
-                    )
-                )
+        for source in sources:
+            for number, row in read_jsonl(source.path):
+                checked = check_keys(
+                    source.path, number, row, {"instruction", "output"}, {"input", "step"}
+                ) or cls._check_row(source, number, row, config, schemas)
+                if isinstance(checked, Problem):
+                    problems.append(checked)
+                else:
+                    examples.append(checked)
         if problems:
             raise InputError(problems[:MAX_PROBLEMS])
-        for step in config.steps:
+        for step in [config.only_step] if config.only_step else config.steps:
             count = sum(e.step == step for e in examples)
             if count < 2:
+                own = config.steps[step].data
+                where = f"steps.{step}.data {own}" if own else f"task.data {config.data}"
                 raise InputError(
                     [
                         spec.source.problem(
                             ("task", "steps", step),
-                            f"step '{step}' has {count} row(s) in {path}; it needs at least 2 "
+                            f"step '{step}' has {count} row(s) in {where}; it needs at least 2 "
                             "(one to train on, one held out)",
                         )
                     ]
                 )
-        return cls(config, examples, schemas, spec.train.seed, sha256_of([f for f, _ in files]))
+        wanted = {config.only_step} if config.only_step else set(config.steps)
+        used = list(dict.fromkeys(Path(e.file) for e in examples if e.step in wanted))
+        return cls(config, examples, schemas, spec.train.seed, sha256_of(used))
+
+    @staticmethod
+    def _sources(spec: Spec) -> list[_DataFile]:
+        """Every data file, `task.data`'s first, with the step each gives its rows."""
+        assert isinstance(spec.task, PipelineConfig)
+        config = spec.task
+        sources: list[_DataFile] = []
+        problems: list[Problem] = []
+        if config.data is not None:
+            path = require_data(spec, folder_ok=True)
+            for file in _data_files(spec, path):
+                step = step_named_by(file, config.steps)
+                if step is not None and config.steps[step].data is not None:
+                    problems.append(
+                        spec.source.problem(
+                            ("task", "steps", step, "data"),
+                            f"step '{step}' has its own data, and task.data {path} holds "
+                            f"{file.name} for it too; keep one of them",
+                        )
+                    )
+                    continue
+                sources.append(_DataFile(file, step))
+        for step, step_spec in config.steps.items():
+            if step_spec.data is not None:
+                try:
+                    own = require_data(spec, path=step_spec.data, field=f"task.steps.{step}.data")
+                except InputError as exc:
+                    problems += exc.problems
+                    continue
+                sources.append(_DataFile(own, step, own=True))
+        if problems:
+            raise InputError(problems)
+        return sources
 
     @staticmethod
     def _check_row(
-        file: Path,
+        source: _DataFile,
         number: int,
         row: dict[str, Any],
-        default_step: str | None,
+        config: PipelineConfig,
         schemas: dict[str, dict[str, Any]],
-    ) -> Problem | None:
-        step = row.get("step", default_step)
-        if step not in schemas:
-            known = ", ".join(sorted(schemas))
+    ) -> Problem | StepExample:
+        """The row as an example of its step, or the first thing wrong with it."""
+        file = str(source.path)
+        step = row.get("step", source.step)
+        known = ", ".join(schemas)
+        if step is None:
             return Problem(
-                str(file),
+                file,
+                number,
+                f"the row has no 'step' and the file name {source.path.name} names none of "
+                f'task.steps ({known}); add "step": "<name>", name the file <step>.jsonl '
+                "or <step>_train.jsonl, or give the step its own data (steps.<name>.data)",
+            )
+        if step not in schemas:
+            return Problem(
+                file,
                 number,
                 f"step '{step}' is not in the spec's task.steps ({known}); add it there or fix the row",
             )
+        if source.own and step != source.step:
+            return Problem(
+                file,
+                number,
+                f"step '{step}' in the data of step '{source.step}' (task.steps.{source.step}"
+                f".data); move the row to step '{step}''s data or fix its step",
+            )
+        if not source.own and config.steps[step].data is not None:
+            return Problem(
+                file,
+                number,
+                f"step '{step}' has its own data (task.steps.{step}.data); move this row there",
+            )
         if not isinstance(row["instruction"], str) or not row["instruction"].strip():
-            return Problem(str(file), number, "instruction must be a non-empty string")
+            return Problem(file, number, "instruction must be a non-empty string")
+        text = row.get("input", "")
+        if not isinstance(text, str):
+            return Problem(
+                file,
+                number,
+                f"input must be a string (the text the instruction is about; may be empty), "
+                f"got {type(text).__name__}",
+            )
         output = row["output"]
         if isinstance(output, str):
             ok, output = parse_json_output(output)
             if not ok:
                 return Problem(
-                    str(file),
+                    file,
                     number,
-                    "output is a string that is not valid JSON; write the JSON object itself",
+                    f"output is a string that is not JSON ({_json_error(row['output'].strip())}); "
+                    "write a JSON object, or a string holding one",
                 )
         if not isinstance(output, dict):
             return Problem(
-                str(file), number, f"output must be a JSON object, got {type(output).__name__}"
+                file, number, f"output must be a JSON object, got {type(output).__name__}"
             )
         violation = schema_violation(validator_for(schemas[step])(schemas[step]), output)
         if violation is not None:
-            return Problem(str(file), number, f"output fails step '{step}' schema {violation}")
-        return None
+            return Problem(file, number, f"output fails step '{step}' schema {violation}")
+        return StepExample(step, row["instruction"], output, file, number, text)
 
     @staticmethod
     def _row(example: StepExample) -> Row:
         return {
-            "prompt": [{"role": "user", "content": example.instruction}],
+            "prompt": [{"role": "user", "content": example.prompt}],
             "completion": [
                 {"role": "assistant", "content": json.dumps(example.output, ensure_ascii=False)}
             ],
         }
 
     def corpus(self) -> list[str]:
-        """Instructions and serialised outputs."""
+        """Prompts and serialised outputs."""
         texts = []
         for example in self.train_examples + self.eval_examples:
-            texts += [example.instruction, json.dumps(example.output, ensure_ascii=False)]
+            texts += [example.prompt, json.dumps(example.output, ensure_ascii=False)]
         return texts
 
     def train_rows(self) -> list[Row]:
@@ -313,7 +450,7 @@ class PipelineTask(Task):
         """Held-out instructions, labelled by step."""
         return [
             EvalCase(
-                messages=[{"role": "user", "content": e.instruction}],
+                messages=[{"role": "user", "content": e.prompt}],
                 condition=e.step,
                 expected=e.output,
             )
