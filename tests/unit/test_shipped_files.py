@@ -27,13 +27,14 @@ def test_shipped_spec_validates(path: Path) -> None:
 
 def _files_used_by(path: Path) -> set[Path]:
     spec = load_spec(path)
-    used = {Path(spec.task.data)}
+    used = {Path(spec.task.data)} if spec.task.data else set()
     if isinstance(spec.task, PipelineConfig):
         used |= {
             Path(s.json_schema.partition("#")[0])
             for s in spec.task.steps.values()
             if isinstance(s.json_schema, str)
         }
+        used |= {Path(s.data) for s in spec.task.steps.values() if s.data}
     if isinstance(spec.task, ChatConfig) and spec.task.tools:
         used.add(Path(spec.task.tools))
     return used
