@@ -7,11 +7,17 @@ import json
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ftray import __version__
 from ftray.errors import InputError
 from ftray.log import QUIET, VERBOSE, configure, get_logger
 from ftray.redaction import mask_url_passwords
+
+if TYPE_CHECKING:
+    from ftray.config.spec import Spec
+    from ftray.sweep.runner import SweepResult
+    from ftray.sweep.steps import StepSweep
 
 EXIT_OK, EXIT_RUNTIME, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -83,9 +89,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     """The sweep; ends with the leaderboard, the champion's URI and how to open MLflow."""
     from ftray.config import load_spec
-    from ftray.sweep.space import prepare_sweep
 
     spec = load_spec(args.spec, args.overrides)
+    if args.each_step or args.step:
+        from ftray.sweep.steps import prepare_each_step
+
+        # Bad input exits 2 here, before Ray or MLflow is imported.
+        return _sweep_each_step(args, spec, prepare_each_step(spec, args.step))
+
+    from ftray.sweep.space import prepare_sweep
+
     task = prepare_sweep(spec)  # bad input exits 2 here, before Ray or MLflow is imported
 
     from mlflow import MlflowClient
@@ -113,6 +126,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return EXIT_RUNTIME
     board = render_leaderboard(MlflowClient(result.tracking_uri), spec)
     print(board or "no trials recorded")
+    _print_registration(result)
+    print(f"open MLflow: mlflow ui --backend-store-uri {mask_url_passwords(result.tracking_uri)}")
+    if result.all_failed:
+        _print_failures(result)
+        return EXIT_RUNTIME
+    return EXIT_OK
+
+
+def _print_registration(result: SweepResult) -> None:
+    """What a sweep registered (or why nothing), and where Ray Tune kept its results."""
     if result.registration is not None:
         reg = result.registration
         moved = "now champion"
@@ -124,20 +147,65 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     elif result.unregistered_reason:
         print(result.unregistered_reason)
     print(f"Ray Tune results: {result.experiment_path}")
-    print(f"open MLflow: mlflow ui --backend-store-uri {mask_url_passwords(result.tracking_uri)}")
-    if result.all_failed:
-        causes = Counter(o.error or "no error recorded" for o in result.outcomes)
+
+
+def _print_failures(result: SweepResult, step: str = "") -> None:
+    """`error:` lines for a sweep whose every trial failed: one per distinct cause."""
+    where = f"step {step}: " if step else ""
+    causes = Counter(o.error or "no error recorded" for o in result.outcomes)
+    print(
+        f"error: {where}all {len(result.outcomes)} trials failed; nothing registered; their "
+        f"logs are in {result.experiment_path}",
+        file=sys.stderr,
+    )
+    for cause, count in causes.most_common():
         print(
-            f"error: all {len(result.outcomes)} trials failed; nothing registered; their logs "
-            f"are in {result.experiment_path}",
+            f"error: {where}trial failure: {cause} ({count} trial{'s' * (count > 1)})",
             file=sys.stderr,
         )
-        for cause, count in causes.most_common():
-            print(
-                f"error: trial failure: {cause} ({count} trial{'s' * (count > 1)})", file=sys.stderr
-            )
+
+
+def _sweep_each_step(args: argparse.Namespace, spec: Spec, sweeps: list[StepSweep]) -> int:
+    """One sweep per step; a leaderboard and the registered version of each step."""
+    from mlflow import MlflowClient
+
+    from ftray.sweep.each_step import run_each_step
+    from ftray.sweep.pending import PendingTimeout
+    from ftray.sweep.runner import NothingToResume, SweepInterrupted
+    from ftray.tracking.leaderboard import render_leaderboard, render_sweep
+    from ftray.tracking.store import step_sweep_run, tracking_uri
+
+    again = " ".join(["--each-step", *(f"--step {s}" for s in args.step)])
+    try:
+        outcome = run_each_step(spec, sweeps, resume=args.resume, force=args.force)
+    except NothingToResume:
+        print(f"the last each-step run of '{spec.name}' already finished; nothing to resume")
+        print(render_leaderboard(MlflowClient(tracking_uri(spec)), spec))
+        return EXIT_OK
+    except SweepInterrupted as exc:
+        print(
+            f"error: sweep interrupted; Ray Tune saved its state at {exc}. "
+            f"Resume with: ftray sweep {args.spec} {again} --resume",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    except PendingTimeout as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return EXIT_RUNTIME
-    return EXIT_OK
+    client = MlflowClient(outcome.tracking_uri)
+    for step, result in outcome.results.items():
+        step_run = step_sweep_run(client, outcome.run_id, step)
+        print(render_sweep(client, spec, step_run) if step_run else f"step {step}: no sweep")
+        if result is not None:
+            _print_registration(result)
+        print()
+    uri = mask_url_passwords(outcome.tracking_uri)
+    print(f"open MLflow: mlflow ui --backend-store-uri {uri}")
+    for step in outcome.failed_steps:
+        result = outcome.results[step]
+        assert result is not None
+        _print_failures(result, step)
+    return EXIT_RUNTIME if outcome.failed_steps else EXIT_OK
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
@@ -261,6 +329,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="continue the spec's last sweep (Tune state, Optuna study, MLflow parent run); "
         "finished trials are not re-run",
+    )
+    sweep.add_argument(
+        "--each-step",
+        action="store_true",
+        help="a pipeline task: one sweep per step, each trial training and scoring only its "
+        "step; each step's winner is registered as <registered_model>-<step>",
+    )
+    sweep.add_argument(
+        "--step",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="with or without --each-step: sweep only this step (repeatable)",
     )
     sweep.add_argument(
         "--force",

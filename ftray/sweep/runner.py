@@ -33,19 +33,24 @@ from ftray.tracking.store import (
     log_params,
     safe_params,
     spec_document,
+    step_sweep_run,
     tracking_uri,
 )
 from ftray.tracking.tags import (
+    EACH_STEP_ROLE,
     EXPERIMENT_KIND,
     MODEL_TRAINING_KIND,
     OBJECTIVES,
     OPTUNA_STUDY,
+    PARENT_RUN_ID,
     PARETO,
     PRUNE,
     ROLE,
     SELECT,
     SELECTION,
     SPEC_SHA256,
+    STEP,
+    STEP_ROLE,
     TUNE_EXPERIMENT,
     TrialStatus,
 )
@@ -70,6 +75,16 @@ class SweepResult:
     def all_failed(self) -> bool:
         """Every trial failed (the sweep failed: nothing registered, parent run FAILED)."""
         return bool(self.outcomes) and all(o.status is TrialStatus.FAILED for o in self.outcomes)
+
+
+@dataclass(frozen=True)
+class StepOf:
+    """Where one step's sweep of an `--each-step` run is recorded: a child of that run's
+    parent run, in the spec's experiment."""
+
+    step: str
+    run_id: str
+    """The each-step run's parent run."""
 
 
 class NothingToResume(Exception):
@@ -339,25 +354,35 @@ def log_sweep_plots(spec: Spec, client: Any, parent_id: str, outcomes: list[Tria
         plt.close(figure)
 
 
-def open_parent_run(spec: Spec, client: Any, storage_root: str) -> tuple[str, Any]:
-    """(experiment id, the new parent run) of a new sweep keeping Tune's state under `storage_root`."""
+def sweep_experiment(spec: Spec, client: Any) -> str:
+    """The id of the spec's experiment (created, marked as model training, when missing)."""
     experiment = client.get_experiment_by_name(spec.name)
     if experiment is None:
-        experiment_id = client.create_experiment(
-            spec.name, tags={EXPERIMENT_KIND: MODEL_TRAINING_KIND}
-        )
-    else:
-        experiment_id = experiment.experiment_id
-        if EXPERIMENT_KIND not in experiment.tags:
-            client.set_experiment_tag(experiment_id, EXPERIMENT_KIND, MODEL_TRAINING_KIND)
+        return client.create_experiment(spec.name, tags={EXPERIMENT_KIND: MODEL_TRAINING_KIND})
+    if EXPERIMENT_KIND not in experiment.tags:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING_KIND)
+    return experiment.experiment_id
+
+
+def open_parent_run(
+    spec: Spec, client: Any, storage_root: str, step_of: StepOf | None = None
+) -> tuple[str, Any]:
+    """(experiment id, the new parent run) of a new sweep keeping Tune's state under
+    `storage_root`; a step's sweep is a child of its each-step run."""
+    experiment_id = sweep_experiment(spec, client)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    experiment_name = f"{spec.name}-{stamp}"
+    tags = {ROLE: "sweep", SPEC_SHA256: spec.source.sha256}
+    if step_of is None:
+        experiment_name, run_name = f"{spec.name}-{stamp}", f"sweep-{stamp}"
+    else:
+        experiment_name = f"{spec.name}-{step_of.step}-{stamp}"
+        run_name = f"{step_of.step}-{stamp}"
+        tags |= {ROLE: STEP_ROLE, STEP: step_of.step, PARENT_RUN_ID: step_of.run_id}
     parent = client.create_run(
         experiment_id,
-        run_name=f"sweep-{stamp}",
+        run_name=run_name,
         tags={
-            ROLE: "sweep",
-            SPEC_SHA256: spec.source.sha256,
+            **tags,
             TUNE_EXPERIMENT: f"{storage_root}/{experiment_name}",
             OPTUNA_STUDY: experiment_name,
         },
@@ -366,9 +391,45 @@ def open_parent_run(spec: Spec, client: Any, storage_root: str) -> tuple[str, An
     return experiment_id, parent
 
 
-def run_sweep(spec: Spec, task: Task, resume: bool = False, force: bool = False) -> SweepResult:
-    """Run (or resume) the sweep of a spec checked by `prepare_sweep`; every MLflow run it
-    opens is closed whatever happens."""
+def sweep_to_resume(spec: Spec, client: Any, uri: str, step_of: StepOf | None) -> Any:
+    """The parent run of the sweep `--resume` continues: the spec's last sweep, or the
+    step's sweep in its each-step run; InputError when there is none to continue."""
+    if step_of is not None:
+        parent = step_sweep_run(client, step_of.run_id, step_of.step)
+        if parent is None:
+            raise InputError.at(
+                spec.source.path,
+                None,
+                f"each-step run {step_of.run_id} has no sweep of step '{step_of.step}' to resume",
+            )
+        return parent
+    parent = latest_sweep_run(client, spec)
+    if parent is None:
+        raise InputError.at(
+            spec.source.path,
+            None,
+            f"no earlier sweep of '{spec.name}' at {mask_url_passwords(uri)} to resume; "
+            "run without --resume",
+        )
+    if parent.data.tags.get(ROLE) == EACH_STEP_ROLE:
+        raise InputError.at(
+            spec.source.path,
+            None,
+            f"the last sweep of '{spec.name}' ran one sweep per step; resume it with "
+            f"ftray sweep {spec.source.path} --each-step --resume",
+        )
+    return parent
+
+
+def run_sweep(
+    spec: Spec,
+    task: Task,
+    resume: bool = False,
+    force: bool = False,
+    step_of: StepOf | None = None,
+) -> SweepResult:
+    """Run (or resume) the sweep of a spec checked by `prepare_sweep` (with `step_of`: one
+    step's sweep of an each-step run); every MLflow run it opens is closed whatever happens."""
     # Trials checkpoint every epoch; Tune's advice to checkpoint less is noise here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # Save Tune's experiment state often (default: at most every 10 s), so a killed driver
@@ -393,14 +454,7 @@ def run_sweep(spec: Spec, task: Task, resume: bool = False, force: bool = False)
     init_ray()
     warned = bool(os.environ.get("RAY_ADDRESS")) and warn_if_unavailable(spec)
     if resume:
-        parent = latest_sweep_run(client, spec)
-        if parent is None:
-            raise InputError.at(
-                spec.source.path,
-                None,
-                f"no earlier sweep of '{spec.name}' at {mask_url_passwords(uri)} to resume; "
-                "run without --resume",
-            )
+        parent = sweep_to_resume(spec, client, uri, step_of)
         if parent.info.status == "FINISHED":
             raise NothingToResume(parent.info.run_id)
         experiment_id = parent.info.experiment_id
@@ -410,7 +464,7 @@ def run_sweep(spec: Spec, task: Task, resume: bool = False, force: bool = False)
     else:
         storage_root = tune_storage_path(spec).rstrip("/")
         guard = guard_shared_storage(spec, storage_root)
-        experiment_id, parent = open_parent_run(spec, client, storage_root)
+        experiment_id, parent = open_parent_run(spec, client, storage_root, step_of)
     parent_id = parent.info.run_id
     experiment_path = parent.data.tags[TUNE_EXPERIMENT]
     recorder = SweepRecorder(uri, experiment_id, parent_id, spec)
@@ -448,8 +502,9 @@ def run_sweep(spec: Spec, task: Task, resume: bool = False, force: bool = False)
             if len(search.goals) > 1
             else ""
         )
+        label = spec.name if step_of is None else f"{spec.name} step {step_of.step}"
         log.info(
-            f"sweep {spec.name}: {search.num_trials} trials, {search.max_concurrent_trials} at a "
+            f"sweep {label}: {search.num_trials} trials, {search.max_concurrent_trials} at a "
             f"time, {search.primary}{several}; {stops}; MLflow at {uri}"
         )
         grid = tuner.fit()

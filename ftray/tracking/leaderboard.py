@@ -13,12 +13,16 @@ from typing import Any
 
 from ftray.config.search import Objective, SelectRule
 from ftray.config.spec import Spec
-from ftray.tracking.store import child_runs, latest_sweep_run
+from ftray.tracking.store import child_runs, latest_sweep_run, step_sweep_run
 from ftray.tracking.tags import (
+    EACH_STEP_ROLE,
     OBJECTIVES,
     PARETO,
     PRUNE,
+    ROLE,
     SELECT,
+    STEP,
+    STEPS,
     STOPPED_AT,
     STOPPED_ON,
     TRIAL_ERROR,
@@ -141,10 +145,27 @@ def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 
 
 def render_leaderboard(client: Any, spec: Spec) -> str | None:
-    """The leaderboard text for the spec's latest sweep, or None if it never ran."""
+    """The leaderboard text for the spec's latest sweep (one board per step after
+    `--each-step`), or None if it never ran."""
     parent = latest_sweep_run(client, spec)
     if parent is None or spec.search is None:
         return None
+    if parent.data.tags.get(ROLE) != EACH_STEP_ROLE:
+        return render_sweep(client, spec, parent)
+    boards = []
+    for step in json.loads(parent.data.tags.get(STEPS, "[]")):
+        step_run = step_sweep_run(client, parent.info.run_id, step)
+        boards.append(
+            f"step {step}: no sweep recorded"
+            if step_run is None
+            else render_sweep(client, spec, step_run)
+        )
+    return f"each-step run {parent.info.run_name} ({parent.info.run_id})\n\n" + "\n\n".join(boards)
+
+
+def render_sweep(client: Any, spec: Spec, parent: Any) -> str:
+    """The leaderboard text of the sweep whose parent run is `parent`."""
+    assert spec.search is not None
     goals, rule = recorded_search(parent, spec)
     rows = leaderboard_rows(client, spec, parent, goals, rule)
     metrics = list(dict.fromkeys([*(g.metric for g in goals), rule.metric]))
@@ -163,9 +184,10 @@ def render_leaderboard(client: Any, spec: Spec) -> str | None:
     ]
     for rank, row in enumerate(rows, start=1):
         row["rank"] = rank
+    step = parent.data.tags.get(STEP)
     title = (
-        f"sweep {parent.info.run_name} ({parent.info.run_id}), {len(rows)} trials, "
-        f"{describe_search(goals, rule)}"
+        f"{f'step {step}: ' if step else ''}sweep {parent.info.run_name} ({parent.info.run_id}), "
+        f"{len(rows)} trials, {describe_search(goals, rule)}"
     )
     if prune is not None:
         title += f"; {describe_pruning(prune)}"

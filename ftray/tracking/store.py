@@ -10,7 +10,7 @@ from typing import Any
 
 from ftray.config.spec import Spec, flatten
 from ftray.redaction import MASK, looks_secret, mask_url_passwords, redact
-from ftray.tracking.tags import PARENT_RUN_ID, ROLE
+from ftray.tracking.tags import EACH_STEP_ROLE, PARENT_RUN_ID, ROLE, STEP, STEP_ROLE
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
@@ -93,13 +93,33 @@ def log_samples_table(client: Any, run_id: str, samples_file: Path) -> None:
 
 
 def latest_sweep_run(client: Any, spec: Spec) -> Any | None:
-    """The most recent parent run of the spec's experiment, or None."""
+    """The most recent parent run of the spec's experiment (a sweep, or an each-step run
+    whose step sweeps are its children), or None."""
     experiment = client.get_experiment_by_name(spec.name)
     if experiment is None:
         return None
+    latest = [
+        run
+        for role in ("sweep", EACH_STEP_ROLE)
+        for run in client.search_runs(
+            [experiment.experiment_id],
+            filter_string=f"tags.`{ROLE}` = '{role}'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+    ]
+    return max(latest, key=lambda run: run.info.start_time, default=None)
+
+
+def step_sweep_run(client: Any, each_step_run_id: str, step: str) -> Any | None:
+    """The latest sweep of `step` under the each-step run `each_step_run_id`, or None."""
+    parent = client.get_run(each_step_run_id)
     runs = client.search_runs(
-        [experiment.experiment_id],
-        filter_string=f"tags.`{ROLE}` = 'sweep'",
+        [parent.info.experiment_id],
+        filter_string=(
+            f"tags.`{PARENT_RUN_ID}` = '{each_step_run_id}' and tags.`{ROLE}` = '{STEP_ROLE}' "
+            f"and tags.`{STEP}` = '{step}'"
+        ),
         order_by=["attributes.start_time DESC"],
         max_results=1,
     )
