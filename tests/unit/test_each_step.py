@@ -127,3 +127,20 @@ def test_resume_tells_an_each_step_run_from_a_sweep(tmp_path: Path) -> None:
         each_step_run_to_resume(spec, client, uri, ["characters"])
     found = each_step_run_to_resume(spec, client, uri, ["characters", "relationships"])
     assert found.info.run_id == outer
+
+
+@pytest.mark.parametrize(
+    "dimension",
+    [
+        "task.only_step: {choice: [characters, relationships]}",
+        "task.steps.characters.data: {choice: [a.jsonl, b.jsonl]}",
+    ],
+)
+def test_the_step_and_its_data_cannot_be_searched(dimension: str) -> None:
+    from ftray.sweep.space import search_problems
+    from ftray.tasks import load_task
+
+    key, _, value = dimension.partition(": ")
+    spec = load_spec(STEPS_SPEC, [f"search.space={{'{key}': {value}}}"])
+    [problem] = search_problems(spec, load_task(spec))
+    assert f"'{key}' cannot be searched" in problem.message
