@@ -171,7 +171,8 @@ class Spec(Frozen):
 
     def with_values(self, values: dict[str, Any]) -> Spec:
         """A copy of this spec with dotted paths set to new values, validated again."""
-        raw = self.model_dump(by_alias=True)
+        # Only the fields the spec gave: a default stays a default (search_warnings asks).
+        raw = self.model_dump(by_alias=True, exclude_unset=True)
         for dotted, value in values.items():
             set_dotted(raw, dotted, value)
         new = type(self).model_validate(raw, context={"base_dir": None})

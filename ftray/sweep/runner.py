@@ -443,7 +443,8 @@ def run_sweep(
 
     assert spec.search is not None
     started = time.monotonic()
-    log.info(f"preparing data and base model for {spec.name}")
+    label = spec.name if step_of is None else f"{spec.name} step {step_of.step}"
+    log.info(f"preparing data and base model for {label}")
     base = prepare_base(spec, task)  # the tiny model is built once, here, not per trial
     # Rows that would train nothing in some trial: exit 2 now, not in every such trial.
     check_answer_lengths_locally(spec, task, base, shortest_seq_length(spec))
@@ -502,7 +503,6 @@ def run_sweep(
             if len(search.goals) > 1
             else ""
         )
-        label = spec.name if step_of is None else f"{spec.name} step {step_of.step}"
         log.info(
             f"sweep {label}: {search.num_trials} trials, {search.max_concurrent_trials} at a "
             f"time, {search.primary}{several}; {stops}; MLflow at {uri}"

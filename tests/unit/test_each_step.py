@@ -144,3 +144,16 @@ def test_the_step_and_its_data_cannot_be_searched(dimension: str) -> None:
     spec = load_spec(STEPS_SPEC, [f"search.space={{'{key}': {value}}}"])
     [problem] = search_problems(spec, load_task(spec))
     assert f"'{key}' cannot be searched" in problem.message
+
+
+def test_a_step_spec_warns_only_as_its_spec_does() -> None:
+    from ftray.sweep.space import search_warnings
+    from ftray.sweep.steps import step_spec
+
+    spec = load_spec(STEPS_SPEC, ["search.scheduler=fifo"])
+    assert search_warnings(spec) == []
+    restricted = step_spec(spec, "characters")
+    assert search_warnings(restricted) == []
+    assert restricted.search == spec.search and restricted.lora == spec.lora
+    with_prune = load_spec(STEPS_SPEC, ["search.scheduler=fifo", "search.prune.grace_period=2"])
+    assert len(search_warnings(step_spec(with_prune, "characters"))) == 1
