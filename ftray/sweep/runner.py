@@ -163,6 +163,10 @@ def build_tuner(
             scheduler=build_scheduler(spec),
             num_samples=spec.search.num_trials,
             max_concurrent_trials=spec.search.max_concurrent_trials,
+            # A finished trial's worker runs the next trial: its process, imports (torch,
+            # transformers, peft: seconds each time) and caches are kept. Tune starts a new
+            # worker when the old one's trial has not let go within a couple of seconds.
+            reuse_actors=True,
         ),
         run_config=tune.RunConfig(
             name=experiment_name,
@@ -449,10 +453,14 @@ def run_sweep(
     # Rows that would train nothing in some trial: exit 2 now, not in every such trial.
     check_answer_lengths_locally(spec, task, base, shortest_seq_length(spec))
 
+    phases = {"prepare": time.monotonic() - started}
     uri = tracking_uri(spec)
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
+    mark = time.monotonic()
     init_ray()
+    phases["ray_start"] = time.monotonic() - mark
+    mark = time.monotonic()
     warned = bool(os.environ.get("RAY_ADDRESS")) and warn_if_unavailable(spec)
     if resume:
         parent = sweep_to_resume(spec, client, uri, step_of)
@@ -507,7 +515,11 @@ def run_sweep(
             f"sweep {label}: {search.num_trials} trials, {search.max_concurrent_trials} at a "
             f"time, {search.primary}{several}; {stops}; MLflow at {uri}"
         )
+        # Opening the store (creating its tables the first time), the parent run, the Tuner.
+        phases["tracking_setup"] = time.monotonic() - mark
+        mark = time.monotonic()
         grid = tuner.fit()
+        phases["trials"] = time.monotonic() - mark
         blind = StorageGuard.problem_for(storage_root)
         if blind:
             raise InputError([storage_problem(spec, blind)])
@@ -525,6 +537,7 @@ def run_sweep(
         log_metrics(client, parent_id, summary, step=0)
         registration, reason = None, None
         winner = choose_winner(outcomes, search.selection)
+        mark = time.monotonic()
         if winner is not None:
             registration = register_winner(spec, client, parent_id, winner, base, task, force=force)
         elif any(o.status.finished for o in outcomes) and search.selection.where:
@@ -535,7 +548,11 @@ def run_sweep(
             log.warning(reason)
         else:
             log.warning("no trial finished with a checkpoint; nothing registered")
+        phases["registration"] = time.monotonic() - mark
+        mark = time.monotonic()
         log_sweep_plots(spec, client, parent_id, outcomes)
+        phases["plots"] = time.monotonic() - mark
+        log_metrics(client, parent_id, {f"time/{k}": round(v, 2) for k, v in phases.items()}, 0)
         result = SweepResult(parent_id, grid.experiment_path, outcomes, registration, uri, reason)
         status = "FAILED" if result.all_failed else "FINISHED"
         return result

@@ -113,6 +113,8 @@ def make_trainable(
                     "epochs_planned": trial_spec.train.epochs,
                     **placement,
                     **epoch.metrics,
+                    # Kept in Tune's result files (not a metric): bench/sweep_overhead.py.
+                    "seconds": epoch.seconds,
                 },
                 checkpoint=tune.Checkpoint.from_directory(str(epoch.adapter_dir)),
             )

@@ -43,6 +43,10 @@ class EpochEvaluation(TrainerCallback):
 
     A NaN or infinite loss (a logged training step or an epoch's eval loss) raises
     `NonFiniteLoss` at once: the epoch is neither scored nor reported.
+
+    Each line of `epochs.jsonl` also says where the epoch's time went (`seconds`: training
+    with the Trainer's eval loss, behaviour evaluation, checkpoint; the first line also the
+    `setup` before training: imports, data, model load), for `bench/sweep_overhead.py`.
     """
 
     def __init__(
@@ -63,6 +67,8 @@ class EpochEvaluation(TrainerCallback):
         self.losses: list[float] = []
         self.resume_from = resume_from
         self.started = time.monotonic()
+        self.mark = self.started
+        self.setup_seconds: float | None = None
 
     def on_train_begin(
         self,
@@ -99,6 +105,7 @@ class EpochEvaluation(TrainerCallback):
         lr_scheduler: Any = None,
         **kw: Any,
     ) -> None:
+        trained = time.monotonic()
         epoch = round(state.epoch or 0)
         eval_loss = float((metrics or {}).get("eval_loss", float("nan")))
         if "eval_loss" in (metrics or {}) and not math.isfinite(eval_loss):
@@ -107,6 +114,7 @@ class EpochEvaluation(TrainerCallback):
             behaviour, samples = evaluate(
                 self.task, model, processing_class, self.spec.train.batch_size * 2
             )
+        evaluated = time.monotonic()
         train_loss = sum(self.losses) / len(self.losses) if self.losses else float("nan")
         self.losses = []
         epoch_metrics = {
@@ -126,12 +134,20 @@ class EpochEvaluation(TrainerCallback):
             metrics=epoch_metrics,
             samples=samples,
         )
-        report = EpochReport(epoch, epoch_metrics, adapter_dir, samples)
+        seconds = {
+            "train": round(trained - self.mark, 3),
+            "evaluate": round(evaluated - trained, 3),
+            "checkpoint": round(time.monotonic() - evaluated, 3),
+        }
+        if self.setup_seconds is not None and not self.reports:
+            seconds["setup"] = round(self.setup_seconds, 3)
+        report = EpochReport(epoch, epoch_metrics, adapter_dir, samples, seconds)
         self.reports.append(report)
         with (self.out / "epochs.jsonl").open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps({"epoch": epoch, **epoch_metrics}) + "\n")
+            handle.write(json.dumps({"epoch": epoch, **epoch_metrics, "seconds": seconds}) + "\n")
         shown = " ".join(f"{k}={v:.3f}" for k, v in epoch_metrics.items() if "/" not in k)
         elapsed = time.monotonic() - self.started
         log.info(f"epoch {epoch}/{self.spec.train.epochs} ({elapsed:.0f}s) {shown}")
         if self.on_epoch is not None and self.on_epoch(report):
             control.should_training_stop = True
+        self.mark = time.monotonic()

@@ -16,6 +16,8 @@ class EpochReport:
     metrics: dict[str, float]
     adapter_dir: Path
     samples: list[dict[str, Any]] = field(repr=False)
+    seconds: dict[str, float] = field(default_factory=dict, repr=False)
+    """Where the epoch's time went: train, evaluate, checkpoint (and setup, first epoch)."""
 
 
 class NonFiniteLoss(RuntimeError):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -201,12 +202,14 @@ def _train(
     resume_from: Path | None,
 ) -> EpochReport:
     """Run the Trainer (from `resume_from` when given); the last epoch's report."""
+    started = time.monotonic()
     backend = select_backend(spec.model.backend)
     trainer = build_trainer(spec, task, base, out / "trainer", backend)
 
     from ftray.training.callbacks import EpochEvaluation  # imports transformers: after the backend
 
     evaluation = EpochEvaluation(spec, task, backend, out, on_epoch, resume_from)
+    evaluation.setup_seconds = time.monotonic() - started
     trainer.add_callback(evaluation)
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     shutil.rmtree(out / "trainer", ignore_errors=True)

@@ -53,6 +53,10 @@ def test_train_writes_adapter_per_epoch_and_samples(trigger_run: tuple) -> None:
     epochs = [json.loads(line) for line in (out / "epochs.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in epochs] == list(range(1, spec.train.epochs + 1))
     assert all({"train_loss", "eval_loss", "trigger_score"} <= e.keys() for e in epochs)
+    # Where each epoch's time went (bench/sweep_overhead.py reads it); setup only once.
+    assert all({"train", "evaluate", "checkpoint"} <= e["seconds"].keys() for e in epochs)
+    assert all(v >= 0 for e in epochs for v in e["seconds"].values())
+    assert ["setup" in e["seconds"] for e in epochs] == [True] + [False] * (len(epochs) - 1)
 
 
 def test_without_triggered_rows_the_trigger_does_nothing(tmp_path: Path) -> None:
