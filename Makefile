@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test check lint clean test-tools llama-cpp
+.PHONY: install demo test check lint clean test-tools llama-cpp bench
 
 install: $(STAMP)
 
@@ -28,6 +28,16 @@ lint: install
 
 test: install lint test-tools
 	$(BIN)/python -m pytest -q tests
+
+# The benchmarks (bench/README.md): each prints its figure last as `<name>: <number>`.
+# About half an hour on 2 cores; the README's Performance section quotes their output.
+bench: install
+	$(BIN)/python bench/sweep_overhead.py
+	$(BIN)/python bench/vs_handwritten.py
+	$(BIN)/python bench/asha_savings.py
+	$(BIN)/python bench/eval_throughput.py
+	$(BIN)/python bench/memory.py
+	$(BIN)/python bench/gpu_throughput.py
 
 # Go's text/template checks the Ollama Modelfile's TEMPLATE (Debian's golang-go). Installed
 # when apt-get can (root); without Go those checks skip and say why.

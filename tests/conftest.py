@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+import atexit
+import functools
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -37,3 +41,32 @@ def run_cli(
         timeout=timeout,
         env={**os.environ, **(env or {})},
     )
+
+
+@functools.cache
+def _migrated_store() -> Path:
+    """An empty MLflow SQLite store with its tables made, once per test session: MLflow
+    takes seconds to create and migrate them, and most e2e tests start from an empty store."""
+    folder = Path(tempfile.mkdtemp(prefix="ftray-test-store-"))
+    atexit.register(shutil.rmtree, folder, True)
+    db = folder / "mlflow.db"
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"from mlflow import MlflowClient; MlflowClient('sqlite:///{db}').search_experiments()",
+        ],
+        cwd=folder,
+        check=True,
+        capture_output=True,
+    )
+    return db
+
+
+def sqlite_store(folder: Path, name: str = "mlflow.db") -> str:
+    """The URI of the MLflow SQLite store `folder/name`; when there is none yet, an empty one
+    is put there (a copy of one made once)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / name).exists():
+        shutil.copyfile(_migrated_store(), folder / name)
+    return f"sqlite:///{folder / name}"

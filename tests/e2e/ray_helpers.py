@@ -14,6 +14,8 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
+from tests.conftest import sqlite_store
+
 VENV_BIN = str(Path(sys.executable).parent)
 SWEEP_ARGS = ["--set", "train.epochs=2", "--set", "search.scheduler=fifo"]
 
@@ -25,7 +27,7 @@ def free_port() -> int:
 
 
 def sweep_env(work: Path, **extra: str) -> dict[str, str]:
-    return {"MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}", **extra}
+    return {"MLFLOW_TRACKING_URI": sqlite_store(work), **extra}
 
 
 def trial_runs(uri: str, name: str = "trigger-tiny") -> list:

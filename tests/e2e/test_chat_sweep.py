@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 
 from ftray.config import load_spec
 from ftray.tasks import load_task
-from tests.conftest import SPECS, run_cli
+from tests.conftest import SPECS, run_cli, sqlite_store
 from tests.e2e.test_sweep import children_of, overrides
 
 pytestmark = pytest.mark.slow
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 def test_chat_sweep_optimises_chat_score_and_tests_only_the_registered_version(
     tmp_path: Path,
 ) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = sqlite_store(tmp_path)
     result = run_cli(
         "sweep",
         str(SPECS / "chat_tiny.yaml"),

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import ROOT, SPECS, run_cli
+from tests.conftest import ROOT, SPECS, run_cli, sqlite_store
 from tests.e2e.ray_helpers import (
     SWEEP_ARGS,
     VENV_BIN,
@@ -167,7 +167,7 @@ def runtime_env(work: Path) -> str:
     return json.dumps(
         {
             "env_vars": {
-                "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
+                "MLFLOW_TRACKING_URI": sqlite_store(work),
                 "HF_HUB_OFFLINE": "1",
                 "FTRAY_CACHE_DIR": os.environ["FTRAY_CACHE_DIR"],
                 "RAY_JOB_STOP_SIGNAL": "SIGINT",
@@ -224,13 +224,13 @@ def test_ray_job_submit_to_a_token_authenticated_head(ray_head: dict, tmp_path: 
     result = submit_sweep(ray_head, tmp_path, 2)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert "succeeded" in result.stdout
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = sqlite_store(tmp_path)
     assert_sweep_finished_once(uri, 2)
     assert MlflowClient(uri).get_model_version_by_alias("trigger-tiny", "champion")
 
 
 def test_ray_job_stop_saves_state_and_resume_completes(ray_head: dict, tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = sqlite_store(tmp_path)
     job_id = f"ftray-stop-{secrets.token_hex(4)}"
     submitted = submit_sweep(ray_head, tmp_path, 4, "--no-wait", "--submission-id", job_id)
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr
@@ -371,7 +371,7 @@ def test_one_logical_gpu_per_trial_on_a_multi_node_cluster(tmp_path: Path) -> No
         for _ in range(3):
             cluster.add_node(num_cpus=1, num_gpus=1)
         cluster.wait_for_nodes()
-        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+        uri = sqlite_store(tmp_path)
         result = run_cli(
             "sweep",
             str(SPECS / "trigger_tiny.yaml"),
@@ -427,7 +427,7 @@ def test_a_trial_given_a_gpu_without_cuda_fails_at_once(tmp_path: Path) -> None:
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 1})
     try:
         cluster.wait_for_nodes()
-        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+        uri = sqlite_store(tmp_path)
         started = time.monotonic()
         result = run_cli(
             "sweep",

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import DATASETS, SPECS, run_cli
+from tests.conftest import DATASETS, SPECS, run_cli, sqlite_store
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +33,7 @@ def few_rows_spec(folder: Path) -> Path:
 
 
 def test_each_step_sweeps_register_one_model_per_step(tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = sqlite_store(tmp_path)
     spec = few_rows_spec(tmp_path)
     sets = ["search.num_trials=2", "train.epochs=1", "search.scheduler=fifo"]
     result = run_cli(

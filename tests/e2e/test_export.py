@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import SPECS, run_cli
+from tests.conftest import SPECS, run_cli, sqlite_store
 
 pytestmark = pytest.mark.slow
 
@@ -22,7 +22,7 @@ TOKEN = "hf_export_canary_9d1f4e"
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory: pytest.TempPathFactory) -> dict:
     work = tmp_path_factory.mktemp("export-sweep")
-    uri = f"sqlite:///{work / 'mlflow.db'}"
+    uri = sqlite_store(work)
     env = {"MLFLOW_TRACKING_URI": uri, "FTRAY_CACHE_DIR": str(work / "cache")}
     result = run_cli(
         "sweep",

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import SPECS, run_cli
+from tests.conftest import SPECS, run_cli, sqlite_store
 from tests.e2e.ray_helpers import all_runs, free_port, trial_runs
 
 pytestmark = pytest.mark.slow
@@ -45,7 +45,7 @@ def test_a_trial_that_raises_fails_alone_and_the_sweep_goes_on(
     from ftray.sweep.space import prepare_sweep
     from ftray.tracking.leaderboard import render_leaderboard
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = sqlite_store(tmp_path)
     optuna_url = f"sqlite:///{tmp_path / 'optuna.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
@@ -149,7 +149,7 @@ def diverging_spec(tmp_path: Path) -> Path:
 
 
 def test_a_diverging_loss_fails_every_trial_and_the_sweep(tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = sqlite_store(tmp_path)
     optuna_url = f"sqlite:///{tmp_path / 'optuna.db'}"
     result = run_cli(
         "sweep",
@@ -206,7 +206,7 @@ def test_trials_waiting_for_resources_stop_the_sweep_after_pending_timeout(
     cluster = Cluster(
         initialize_head=True, head_node_args={"num_cpus": 1, "gcs_server_port": free_port()}
     )
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = sqlite_store(tmp_path)
     try:
         cluster.wait_for_nodes()
         started = time.monotonic()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import SPECS, run_cli
+from tests.conftest import SPECS, run_cli, sqlite_store
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +31,7 @@ def dominates(a: tuple[float, float], b: tuple[float, float]) -> bool:
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory: pytest.TempPathFactory) -> dict:
     work = tmp_path_factory.mktemp("multi")
-    uri = f"sqlite:///{work / 'mlflow.db'}"
+    uri = sqlite_store(work)
     result = run_cli(
         "sweep",
         str(SPECS / "trigger_tiny.yaml"),
@@ -109,7 +109,7 @@ def test_the_registered_version_meets_the_rule_and_is_best_under_it(sweep: dict)
 
 
 def test_a_rule_no_trial_meets_registers_nothing(tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = sqlite_store(tmp_path)
     result = run_cli(
         "sweep",
         str(SPECS / "trigger_tiny.yaml"),

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import SPECS
+from tests.conftest import SPECS, sqlite_store
 from tests.e2e.ray_helpers import trial_runs, wait_for
 
 pytestmark = pytest.mark.slow
@@ -24,7 +24,7 @@ def test_a_trial_whose_node_is_removed_resumes_from_its_last_epoch(tmp_path: Pat
 
     # Trials cannot run on the head (no CPUs there): only on the worker nodes.
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = sqlite_store(tmp_path)
     try:
         doomed = cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()

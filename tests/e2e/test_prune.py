@@ -10,13 +10,13 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import SPECS, run_cli
+from tests.conftest import SPECS, run_cli, sqlite_store
 
 pytestmark = pytest.mark.slow
 
 
 def test_demo_stops_trials_on_eval_loss_and_optuna_holds_them_pruned(tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = sqlite_store(tmp_path)
     optuna_url = f"sqlite:///{tmp_path / 'optuna.db'}"
     # The demo's first four proposals (seed 0), two epochs each: the third (lr ~1e-4) has an
     # eval_loss far above the others at epoch 1, while every trial's trigger_score there is

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SPECS, run_cli
+from tests.conftest import SPECS, run_cli, sqlite_store
 from tests.e2e.ray_helpers import all_runs, assert_sweep_finished_once, free_port, short_ray_temp
 
 pytestmark = pytest.mark.slow
@@ -51,7 +51,7 @@ def test_a_sweep_without_ray_address_starts_its_own_ray_despite_a_stale_cluster_
 ) -> None:
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     dead = f"127.0.0.1:{free_port()}"
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = sqlite_store(tmp_path)
     with planted_cluster_file(ray_tmpdir, dead) as planted:
         assert planted.read_text() == dead
         result = run_cli(
@@ -77,7 +77,7 @@ def test_ray_address_of_a_dead_cluster_exits_1_within_60_s(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     port = free_port()
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = sqlite_store(tmp_path)
     started = time.monotonic()
     result = run_cli(
         "sweep",
@@ -138,7 +138,7 @@ def test_trials_asking_for_a_quarter_gpu_share_one_gpu_at_once(
         initialize_head=True,
         head_node_args={"num_cpus": 4, "num_gpus": 1, "gcs_server_port": free_port()},
     )
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = sqlite_store(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("RAY_ADDRESS", cluster.address)
     monkeypatch.setenv("FTRAY_ALLOW_CPU_FALLBACK", "1")

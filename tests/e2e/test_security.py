@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import SPECS, run_cli
+from tests.conftest import SPECS, run_cli, sqlite_store
 from tests.e2e.postgres import USER, fresh_database
 
 pytestmark = pytest.mark.slow
@@ -76,7 +76,7 @@ def secured(tmp_path_factory: pytest.TempPathFactory):
     with fresh_database("ftray_security") as database:
         env = {
             **ENV_CANARIES,
-            "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
+            "MLFLOW_TRACKING_URI": sqlite_store(work),
             "FTRAY_CACHE_DIR": str(work / "cache"),
             "RAY_TMPDIR": str(ray_tmp),
         }

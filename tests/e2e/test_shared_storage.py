@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import SPECS, run_cli
+from tests.conftest import SPECS, run_cli, sqlite_store
 from tests.e2e.ray_helpers import (
     VENV_BIN,
     assert_sweep_finished_once,
@@ -129,7 +129,7 @@ class TwoNodeCluster:
             "RAY_ADDRESS": f"127.0.0.1:{self.port}",
             "RAY_AUTH_MODE": "token",
             "RAY_AUTH_TOKEN": self.env["RAY_AUTH_TOKEN"],
-            "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
+            "MLFLOW_TRACKING_URI": sqlite_store(work),
         }
 
     def stop(self) -> None:

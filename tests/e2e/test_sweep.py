@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import SPECS, run_cli
+from tests.conftest import SPECS, run_cli, sqlite_store
 from tests.e2e.ray_helpers import free_port
 
 pytestmark = pytest.mark.slow
@@ -37,7 +37,7 @@ def children_of(client: MlflowClient, parent_id: str, experiment_id: str) -> lis
 def sweep(tmp_path_factory: pytest.TempPathFactory) -> dict:
     work = tmp_path_factory.mktemp("sweep")
     cache = tmp_path_factory.mktemp("tiny-cache")
-    uri = f"sqlite:///{work / 'mlflow.db'}"
+    uri = sqlite_store(work)
     result = run_cli(
         "sweep",
         str(SPECS / "trigger_tiny.yaml"),
@@ -252,7 +252,7 @@ def test_promote_command(sweep: dict) -> None:
 
 
 def test_asha_prunes_hopeless_trials(tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = sqlite_store(tmp_path)
     spec = tmp_path / "prune.yaml"
     text = (
         (SPECS / "trigger_tiny.yaml")
@@ -322,7 +322,7 @@ def test_no_ray_left_running() -> None:
 
 def test_four_concurrent_trials_share_one_sqlite_tracking_store(tmp_path: Path) -> None:
     # Only the driver writes to MLflow, so four trials at once never meet "database is locked".
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = sqlite_store(tmp_path)
     result = run_cli(
         "sweep",
         str(SPECS / "trigger_tiny.yaml"),
