@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 
 from ftray.config import load_spec
 from ftray.log import LOGGER_NAME
-from ftray.sweep.runner import tune_storage_path
+from ftray.sweep.runner import tune_storage_path, warn_of_folders_ray_deletes
 from ftray.tracking.store import find_store, open_experiment, ray_job_folder
 from tests.conftest import SPECS
 
@@ -133,3 +133,31 @@ def test_tune_results_outlive_the_job_beside_the_store_or_in_home(
     assert tune_storage_path(spec) == str(tmp_path / "home" / "ray_results")
     assert ray_job_folder(job / "search_spaces" / "mlflow.db") == job
     assert ray_job_folder(tmp_path / "specs" / "mlflow.db") is None
+
+
+def test_a_store_or_tune_path_inside_a_ray_job_folder_is_warned_of(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, warnings_seen: pytest.LogCaptureFixture
+) -> None:
+    job = tmp_path / "ray" / JOB_DIR
+    spec = load_spec(write_spec(job / "search_spaces", "  uri: sqlite:///../mlflow.db\n"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    store = find_store(None, spec)
+    assert store.path == job / "mlflow.db"
+    warn_of_folders_ray_deletes(store, str(job / "ray_results"))
+    seen = [
+        r.getMessage()
+        for r in warnings_seen.records
+        if r.name == LOGGER_NAME and r.levelno == logging.WARNING
+    ]
+    assert len(set(seen)) == 2, seen
+    assert any(
+        m.startswith(f"the MLflow store {job / 'mlflow.db'} (the spec's tracking.uri")
+        and f"inside the Ray job's working directory {job}," in m
+        and "absolute MLFLOW_TRACKING_URI" in m
+        for m in seen
+    ), seen
+    assert any(m.startswith(f"storage.tune_path {job / 'ray_results'} lies inside") for m in seen)
+
+    warnings_seen.clear()
+    warn_of_folders_ray_deletes(find_store(f"sqlite:///{tmp_path / 'm.db'}"), "s3://b/r")
+    assert not [r for r in warnings_seen.records if r.name == LOGGER_NAME]
