@@ -64,12 +64,11 @@ class TrackingStore:
 
     def how_found(self) -> str:
         """Which setting named the store, and what a relative path in it is relative to."""
-        if self.named_by == FLAG:
-            return "given by --tracking-uri, relative to the current folder"
-        if self.named_by == ENVIRONMENT:
-            return "given by MLFLOW_TRACKING_URI, relative to the current folder"
+        local = self.path is not None
+        if self.named_by in (FLAG, ENVIRONMENT):
+            return f"given by {self.named_by}" + (", relative to the current folder" * local)
         if self.named_by == SPEC_URI:
-            return "the spec's tracking.uri, relative to the spec's folder"
+            return "the spec's tracking.uri" + (", relative to the spec's folder" * local)
         if self.spec is not None:
             return (
                 f"the default {DEFAULT_STORE_FILE} beside the spec: it sets no tracking.uri, "

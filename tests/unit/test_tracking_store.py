@@ -94,7 +94,10 @@ def test_a_tracking_server_keeps_its_own_artifact_root(
 ) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     spec = load_spec(write_spec(tmp_path / "specs", "  uri: sqlite:///mlflow.db\n"))
-    assert find_store(None, spec).artifact_location("trigger-tiny") is None
+    store = find_store(None, spec)
+    assert store.artifact_location("trigger-tiny") is None
+    assert store.how_found() == "given by MLFLOW_TRACKING_URI"
+    assert store.exists() and store.lasting_folder() == Path.home()
 
 
 def test_an_experiment_with_artifacts_in_a_ray_job_folder_is_reported_with_the_way_out(
