@@ -60,7 +60,8 @@ if [[ -n "${MLFLOW_TRACKING_URI:-}" ]]; then
         >>"$runtime_env"
 else
     echo "note: MLFLOW_TRACKING_URI is not set here; the driver uses the head node's," \
-        "else the spec's tracking.uri, else a SQLite file on the head" >&2
+        "else the spec's tracking.uri, else mlflow.db beside the spec: inside the job's" \
+        "files on the head, which Ray deletes" >&2
 fi
 
 # An array, so that an empty one adds no argument; the ${a[@]+...} form keeps `set -u`

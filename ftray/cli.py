@@ -40,7 +40,8 @@ def _add_tracking_uri_arg(parser: argparse.ArgumentParser, spec_fallback: str = 
         default=None,
         metavar="URI",
         help=f"MLflow tracking URI (default $MLFLOW_TRACKING_URI, {spec_fallback}"
-        "else sqlite:///mlflow.db)",
+        "else mlflow.db beside the spec or in the current folder); a store that is not "
+        "there is an error, never created",
     )
 
 
@@ -218,14 +219,15 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     from mlflow import MlflowClient
 
     from ftray.tracking.leaderboard import render_leaderboard
-    from ftray.tracking.store import command_tracking_uri
+    from ftray.tracking.store import existing_store
 
-    uri = command_tracking_uri(args.tracking_uri, spec)
+    store = existing_store(args.tracking_uri, spec)
+    uri = store.uri
     board = render_leaderboard(MlflowClient(uri), spec)
     if board is None:
         print(
-            f"error: no sweep of '{spec.name}' recorded at {mask_url_passwords(uri)}; "
-            "run ftray sweep first",
+            f"error: no sweep of '{spec.name}' recorded at {mask_url_passwords(uri)} "
+            f"({store.how_found()}); run ftray sweep first",
             file=sys.stderr,
         )
         return EXIT_RUNTIME
@@ -242,9 +244,9 @@ def cmd_promote(args: argparse.Namespace) -> int:
     from mlflow.exceptions import MlflowException
 
     from ftray.tracking.registry import promote
-    from ftray.tracking.store import command_tracking_uri
+    from ftray.tracking.store import existing_store
 
-    uri = command_tracking_uri(args.tracking_uri, spec)
+    uri = existing_store(args.tracking_uri, spec).uri
     client = MlflowClient(uri)
     try:
         promote(client, args.name, args.version, args.alias)
@@ -275,10 +277,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     from mlflow import MlflowClient
 
     from ftray.export.run import export_model
-    from ftray.tracking.store import store_uri
+    from ftray.tracking.store import existing_store
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "creating tables" lines
-    document = export_model(request, MlflowClient(args.tracking_uri or store_uri()))
+    document = export_model(request, MlflowClient(existing_store(args.tracking_uri).uri))
     summary = {
         "out": str(args.out),
         "format": document["format"],

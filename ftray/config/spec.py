@@ -17,6 +17,7 @@ from pydantic_core import PydanticCustomError
 from ftray.config.fields import Float, Frozen, Int, resolve_path
 from ftray.config.search import SearchSpec
 from ftray.config.task import TaskConfig
+from ftray.config.tracking_uri import absolute_store_uri
 from ftray.errors import Problem
 from ftray.redaction import mask_override
 
@@ -74,6 +75,14 @@ class TrackingSpec(Frozen):
 
     uri: str | None = None
     registered_model: str | None = None
+
+    @field_validator("uri")
+    @classmethod
+    def _local_store_beside_the_spec(cls, value: str | None, info: ValidationInfo) -> str | None:
+        base = (info.context or {}).get("base_dir")
+        if value is None or base is None:
+            return value
+        return absolute_store_uri(value, Path(base))
 
 
 class StorageSpec(Frozen):

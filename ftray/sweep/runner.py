@@ -28,13 +28,17 @@ from ftray.tracking.leaderboard import describe_pruning
 from ftray.tracking.recorder import SweepRecorder
 from ftray.tracking.registry import Registration
 from ftray.tracking.store import (
+    TrackingStore,
+    find_store,
     latest_sweep_run,
     log_metrics,
     log_params,
+    open_experiment,
+    ray_job_folder,
     safe_params,
     spec_document,
     step_sweep_run,
-    tracking_uri,
+    store_in_ray_job_warning,
 )
 from ftray.tracking.tags import (
     EACH_STEP_ROLE,
@@ -96,8 +100,26 @@ class SweepInterrupted(Exception):
 
 
 def tune_storage_path(spec: Spec) -> str:
-    """Ray Tune's storage_path: `storage.tune_path`, else ./ray_results."""
-    return spec.storage.tune_path or str(Path(RESULTS_DIR).resolve())
+    """Ray Tune's storage_path: `storage.tune_path`, else ray_results beside a local MLflow
+    store, else ~/ray_results; never the current folder, which under `ray job submit` is
+    the job's package that Ray deletes."""
+    if spec.storage.tune_path:
+        return spec.storage.tune_path
+    return str(find_store(None, spec).lasting_folder() / RESULTS_DIR)
+
+
+def warn_of_folders_ray_deletes(store: TrackingStore, storage_root: str) -> None:
+    """Warn when the MLflow store or Tune's storage lies inside a Ray job's working directory."""
+    warning = store_in_ray_job_warning(store)
+    if warning:
+        log.warning(warning)
+    folder = ray_job_folder(Path(storage_root)) if "://" not in storage_root else None
+    if folder is not None:
+        log.warning(
+            f"storage.tune_path {storage_root} lies inside the Ray job's working directory "
+            f"{folder}, which Ray deletes with the job's files: Tune's results and checkpoints "
+            "(and --resume) would go with it; give an absolute storage.tune_path outside it"
+        )
 
 
 def make_trainable_for(
@@ -358,22 +380,23 @@ def log_sweep_plots(spec: Spec, client: Any, parent_id: str, outcomes: list[Tria
         plt.close(figure)
 
 
-def sweep_experiment(spec: Spec, client: Any) -> str:
-    """The id of the spec's experiment (created, marked as model training, when missing)."""
-    experiment = client.get_experiment_by_name(spec.name)
-    if experiment is None:
-        return client.create_experiment(spec.name, tags={EXPERIMENT_KIND: MODEL_TRAINING_KIND})
-    if EXPERIMENT_KIND not in experiment.tags:
-        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING_KIND)
-    return experiment.experiment_id
+def sweep_experiment(spec: Spec, client: Any, store: TrackingStore | None = None) -> str:
+    """The id of the spec's experiment (created, marked as model training and with its
+    artifacts beside a local store, when missing)."""
+    store = store or find_store(None, spec)
+    return open_experiment(client, store, spec.name, {EXPERIMENT_KIND: MODEL_TRAINING_KIND})
 
 
 def open_parent_run(
-    spec: Spec, client: Any, storage_root: str, step_of: StepOf | None = None
+    spec: Spec,
+    client: Any,
+    store: TrackingStore,
+    storage_root: str,
+    step_of: StepOf | None = None,
 ) -> tuple[str, Any]:
     """(experiment id, the new parent run) of a new sweep keeping Tune's state under
     `storage_root`; a step's sweep is a child of its each-step run."""
-    experiment_id = sweep_experiment(spec, client)
+    experiment_id = sweep_experiment(spec, client, store)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     tags = {ROLE: "sweep", SPEC_SHA256: spec.source.sha256}
     if step_of is None:
@@ -454,7 +477,10 @@ def run_sweep(
     check_answer_lengths_locally(spec, task, base, shortest_seq_length(spec))
 
     phases = {"prepare": time.monotonic() - started}
-    uri = tracking_uri(spec)
+    store = find_store(None, spec)
+    if store.path is not None and store.uri.startswith("sqlite:"):
+        store.path.parent.mkdir(parents=True, exist_ok=True)
+    uri = store.uri
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
     mark = time.monotonic()
@@ -468,12 +494,14 @@ def run_sweep(
             raise NothingToResume(parent.info.run_id)
         experiment_id = parent.info.experiment_id
         storage_root = parent.data.tags[TUNE_EXPERIMENT].rsplit("/", 1)[0]
+        warn_of_folders_ray_deletes(store, storage_root)
         guard = guard_shared_storage(spec, storage_root)
         client.update_run(parent.info.run_id, status="RUNNING")
     else:
         storage_root = tune_storage_path(spec).rstrip("/")
+        warn_of_folders_ray_deletes(store, storage_root)
         guard = guard_shared_storage(spec, storage_root)
-        experiment_id, parent = open_parent_run(spec, client, storage_root, step_of)
+        experiment_id, parent = open_parent_run(spec, client, store, storage_root, step_of)
     parent_id = parent.info.run_id
     experiment_path = parent.data.tags[TUNE_EXPERIMENT]
     recorder = SweepRecorder(uri, experiment_id, parent_id, spec)

@@ -200,7 +200,7 @@ def storage_problem(spec: Spec, message: str) -> Problem:
     return Problem(
         str(spec.source.path),
         None,
-        f"{message} (storage.tune_path is not set, so Tune writes to ./ray_results on the "
+        f"{message} (storage.tune_path is not set, so Tune writes to a folder on the "
         "driver's machine; add a storage: section)",
     )
 

@@ -334,6 +334,8 @@ def test_mlflow_server_on_postgres_and_optuna_study_in_postgres(
             *SWEEP_ARGS,
             "--set",
             f"storage.optuna_url={optuna_db}",
+            "--set",
+            f"storage.tune_path={tmp_path / 'ray_results'}",
             cwd=tmp_path,
             env={"MLFLOW_TRACKING_URI": uri},
         )

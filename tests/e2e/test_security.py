@@ -128,7 +128,7 @@ def test_canaries_reach_no_record_result_log_or_export(secured: dict) -> None:
         recorded += [json.dumps(version.tags), version.description or ""]
     assert len(recorded) >= 6
     assert leaks([], {"MLflow record": "\n".join(recorded)}) == []
-    spec_yaml = next(work.glob("mlruns/**/spec.yaml")).read_text()
+    spec_yaml = next(work.glob("mlartifacts/**/spec.yaml")).read_text()
     assert f"postgresql://{USER}:***@127.0.0.1" in spec_yaml
 
 

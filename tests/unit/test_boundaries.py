@@ -14,7 +14,8 @@ from mlflow import MlflowClient
 from tests.conftest import ROOT, SPECS, run_cli
 
 PACKAGE = ROOT / "ftray"
-TAG_LIKE = re.compile(r"ftray\.[a-z_0-9]+|mlflow\.[A-Za-z]+(\.[A-Za-z]+)*")
+# mlflow.db is the default store's file name, not a tag.
+TAG_LIKE = re.compile(r"ftray\.[a-z_0-9]+|mlflow\.(?!db$)[A-Za-z]+(\.[A-Za-z]+)*")
 MODULES = sorted(PACKAGE.rglob("*.py"))
 
 
