@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -41,6 +42,7 @@ def _add_tracking_uri_arg(parser: argparse.ArgumentParser, spec_fallback: str = 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Check spec, data and search space; start nothing."""
     from ftray.config import load_spec
+    from ftray.models.sources import check_base_model
     from ftray.sweep.resources import local_resource_problems
     from ftray.sweep.space import check_search, search_warnings
     from ftray.tasks import load_task
@@ -48,6 +50,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec, args.overrides)
     task = load_task(spec)
     check_search(spec, task)
+    # With RAY_ADDRESS set the trials load the base on the cluster's nodes, not here.
+    check_base_model(spec, local=not os.environ.get("RAY_ADDRESS"))
     log = get_logger()
     for warning in search_warnings(spec):
         log.warning(str(warning))
@@ -66,10 +70,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     """One trial in-process with the spec's fixed values; last stdout line is the metrics JSON."""
     from ftray.config import load_spec
+    from ftray.models.sources import check_base_model
     from ftray.tasks import load_task
 
     spec = load_spec(args.spec, args.overrides)
     task = load_task(spec)
+    check_base_model(spec)
     out = args.out or Path("runs") / spec.name / "train"
 
     from ftray.training.trial import train_trial
