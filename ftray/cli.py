@@ -5,14 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from collections import Counter
 from pathlib import Path
 
 from ftray import __version__
 from ftray.errors import InputError
-from ftray.log import QUIET, VERBOSE, configure, get_logger
-from ftray.redaction import mask_url_passwords
+from ftray.log import QUIET, VERBOSE, configure, get_logger, quiet_library_logs
+from ftray.redaction import mask_override, mask_url_passwords
 
 EXIT_OK, EXIT_RUNTIME, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -97,20 +98,30 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from mlflow import MlflowClient
 
     from ftray.sweep.pending import PendingTimeout
-    from ftray.sweep.runner import NothingToResume, SweepInterrupted, run_sweep
+    from ftray.sweep.resume import NothingToResume, UnfinishedSweep
+    from ftray.sweep.runner import SweepInterrupted, run_sweep
     from ftray.tracking.leaderboard import render_leaderboard
     from ftray.tracking.store import tracking_uri
 
     try:
-        result = run_sweep(spec, task, resume=args.resume, force=args.force)
+        result = run_sweep(spec, task, resume=args.resume, force=args.force, new=args.new)
     except NothingToResume:
         print(f"the last sweep of '{spec.name}' already finished; nothing to resume")
         print(render_leaderboard(MlflowClient(tracking_uri(spec)), spec))
         return EXIT_OK
+    except UnfinishedSweep as exc:
+        state = exc.parent.info.status
+        print(
+            f"error: {args.spec}: the last sweep of '{spec.name}' ({exc.parent.info.run_name}) "
+            f"did not finish ({state}); continue it with: {resume_command(args)}, or start a "
+            "new sweep with --new",
+            file=sys.stderr,
+        )
+        return EXIT_INPUT
     except SweepInterrupted as exc:
         print(
             f"error: sweep interrupted; Ray Tune saved its state at {exc}. "
-            f"Resume with: ftray sweep {args.spec} --resume",
+            f"Resume with: {resume_command(args)}",
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
@@ -146,6 +157,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def resume_command(args: argparse.Namespace) -> str:
+    """The `ftray sweep ... --resume` command line that continues this sweep (same --set)."""
+    sets = [part for override in args.overrides for part in ("--set", mask_override(override))]
+    return shlex.join(["ftray", "sweep", str(args.spec), *sets, "--resume"])
+
+
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     """Trials of the spec's last sweep, best first."""
     from ftray.config import load_spec
@@ -158,8 +175,10 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     from ftray.tracking.leaderboard import render_leaderboard
     from ftray.tracking.store import command_tracking_uri
 
+    quiet_library_logs()
     uri = command_tracking_uri(args.tracking_uri, spec)
-    board = render_leaderboard(MlflowClient(uri), spec)
+    client = MlflowClient(uri)
+    board = render_leaderboard(client, spec)
     if board is None:
         print(
             f"error: no sweep of '{spec.name}' recorded at {mask_url_passwords(uri)}; "
@@ -182,6 +201,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
     from ftray.tracking.registry import promote
     from ftray.tracking.store import command_tracking_uri
 
+    quiet_library_logs()
     uri = command_tracking_uri(args.tracking_uri, spec)
     client = MlflowClient(uri)
     try:
@@ -208,14 +228,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     )
     check_request(request)  # bad arguments exit 2 before MLflow or torch is imported
 
-    import logging
-
     from mlflow import MlflowClient
 
     from ftray.export.run import export_model
     from ftray.tracking.store import store_uri
 
-    logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "creating tables" lines
+    quiet_library_logs()  # no "creating tables" lines
     document = export_model(request, MlflowClient(args.tracking_uri or store_uri()))
     summary = {
         "out": str(args.out),
@@ -262,11 +280,17 @@ def build_parser() -> argparse.ArgumentParser:
         "sweep", help="run the sweep on Ray Tune; prints a leaderboard at the end"
     )
     _add_spec_args(sweep)
-    sweep.add_argument(
+    again = sweep.add_mutually_exclusive_group()
+    again.add_argument(
         "--resume",
         action="store_true",
-        help="continue the spec's last sweep (Tune state, Optuna study, MLflow parent run); "
-        "finished trials are not re-run",
+        help="continue the spec's last unfinished sweep (Tune state, Optuna study, MLflow "
+        "parent run) with the spec it ran with; finished trials are not re-run",
+    )
+    again.add_argument(
+        "--new",
+        action="store_true",
+        help="start a new sweep even though the spec's last sweep did not finish",
     )
     sweep.add_argument(
         "--force",

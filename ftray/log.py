@@ -9,7 +9,9 @@ lines. Library code logs through `get_logger()`; the CLI (and each Ray trial pro
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import warnings
 
 from ftray.redaction import mask_secrets
 
@@ -67,3 +69,29 @@ def configure(verbosity: int = NORMAL) -> None:
         if verbosity >= VERBOSE
         else logging.INFO
     )
+
+
+LIBRARY_CHATTER = {
+    "mlflow": logging.WARNING,  # "Creating initial MLflow database tables..."
+    "alembic": logging.WARNING,  # the same database migrations, line by line
+    "optuna": logging.WARNING,  # "A new study created in memory with name: ..."
+    "ray.tune.tune": logging.ERROR,  # Ray's own resume advice (`Tuner.restore(...)`)
+    # "The `process_trial_result` operation took 0.6 s, which may be a performance
+    # bottleneck": the driver's MLflow writes, which take that long by design.
+    "ray.tune.utils.util": logging.ERROR,
+}
+"""Library loggers whose lines are not for ftray's user, and the least level they still
+show (Ray's resume advice and slowness notes none: ftray prints its own resume command);
+everything with --verbose."""
+
+
+def quiet_library_logs() -> None:
+    """Keep library INFO chatter off stderr unless ftray is --verbose. Call it after the
+    libraries are imported: MLflow and Optuna set their loggers' levels when imported."""
+    verbose = get_logger().getEffectiveLevel() <= logging.DEBUG
+    # MLflow draws a progress bar on stderr for every artifact it downloads (spec.yaml, ...).
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    if not verbose:  # advice about the type hints of the logged model's predict()
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow\..*")
+    for name, level in LIBRARY_CHATTER.items():
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else level)

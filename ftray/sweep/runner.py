@@ -13,13 +13,13 @@ from typing import Any
 
 from ftray.config.spec import Spec
 from ftray.errors import InputError
-from ftray.log import get_logger
-from ftray.redaction import mask_url_passwords
+from ftray.log import get_logger, quiet_library_logs
 from ftray.sweep.callback import RecordTrials
 from ftray.sweep.objectives import TrialOutcome, choose_winner, pareto_front, ranked
 from ftray.sweep.pending import PendingTimeout, PendingWatch, trial_resources, warn_if_unavailable
 from ftray.sweep.ray_session import init_ray
 from ftray.sweep.register import register_winner
+from ftray.sweep.resume import SPEC_ARTIFACT, sweep_to_continue
 from ftray.sweep.searcher import build_scheduler, build_searcher
 from ftray.sweep.space import asha_max_t, asha_rungs, shortest_seq_length
 from ftray.sweep.storage import StorageGuard, guard_shared_storage, storage_problem
@@ -28,7 +28,6 @@ from ftray.tracking.leaderboard import describe_pruning
 from ftray.tracking.recorder import SweepRecorder
 from ftray.tracking.registry import Registration
 from ftray.tracking.store import (
-    latest_sweep_run,
     log_metrics,
     log_params,
     safe_params,
@@ -36,6 +35,7 @@ from ftray.tracking.store import (
     tracking_uri,
 )
 from ftray.tracking.tags import (
+    DATASET_SHA256,
     EXPERIMENT_KIND,
     MODEL_TRAINING_KIND,
     OBJECTIVES,
@@ -49,7 +49,7 @@ from ftray.tracking.tags import (
     TUNE_EXPERIMENT,
     TrialStatus,
 )
-from ftray.training.trial import check_answer_lengths_locally, prepare_base
+from ftray.training.trial import check_answer_lengths_locally, prepare_base, quiet_libraries
 
 RESULTS_DIR = "ray_results"
 log = get_logger()
@@ -70,10 +70,6 @@ class SweepResult:
     def all_failed(self) -> bool:
         """Every trial failed (the sweep failed: nothing registered, parent run FAILED)."""
         return bool(self.outcomes) and all(o.status is TrialStatus.FAILED for o in self.outcomes)
-
-
-class NothingToResume(Exception):
-    """`--resume` found the last sweep already finished."""
 
 
 class SweepInterrupted(Exception):
@@ -120,7 +116,7 @@ def reuse_stored_split(client: Any, parent_id: str, task: Task) -> dict[str, Any
     except Exception as exc:  # MlflowException or OSError: the file is not there
         raise RuntimeError(
             f"the sweep to resume has no {SPLIT_ARTIFACT} on its parent run {parent_id}; "
-            "start a new sweep without --resume"
+            "start a new sweep with --new"
         ) from exc
     record = json.loads(Path(local).read_text(encoding="utf-8"))
     task.reuse_split(record)
@@ -339,7 +335,7 @@ def log_sweep_plots(spec: Spec, client: Any, parent_id: str, outcomes: list[Tria
         plt.close(figure)
 
 
-def open_parent_run(spec: Spec, client: Any, storage_root: str) -> tuple[str, Any]:
+def open_parent_run(spec: Spec, task: Task, client: Any, storage_root: str) -> tuple[str, Any]:
     """(experiment id, the new parent run) of a new sweep keeping Tune's state under `storage_root`."""
     experiment = client.get_experiment_by_name(spec.name)
     if experiment is None:
@@ -358,17 +354,22 @@ def open_parent_run(spec: Spec, client: Any, storage_root: str) -> tuple[str, An
         tags={
             ROLE: "sweep",
             SPEC_SHA256: spec.source.sha256,
+            DATASET_SHA256: task.dataset_sha256,
             TUNE_EXPERIMENT: f"{storage_root}/{experiment_name}",
             OPTUNA_STUDY: experiment_name,
         },
     )
-    client.log_text(parent.info.run_id, spec_document(spec), "spec.yaml")
+    client.log_text(parent.info.run_id, spec_document(spec), SPEC_ARTIFACT)
     return experiment_id, parent
 
 
-def run_sweep(spec: Spec, task: Task, resume: bool = False, force: bool = False) -> SweepResult:
+def run_sweep(
+    spec: Spec, task: Task, resume: bool = False, force: bool = False, new: bool = False
+) -> SweepResult:
     """Run (or resume) the sweep of a spec checked by `prepare_sweep`; every MLflow run it
-    opens is closed whatever happens."""
+    opens is closed whatever happens. A new sweep while the last one is unfinished needs
+    `new` (UnfinishedSweep otherwise); `resume` refuses a spec that shapes trials differently
+    from the recorded one (InputError)."""
     # Trials checkpoint every epoch; Tune's advice to checkpoint less is noise here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # Save Tune's experiment state often (default: at most every 10 s), so a killed driver
@@ -378,31 +379,28 @@ def run_sweep(spec: Spec, task: Task, resume: bool = False, force: bool = False)
     # stdout whatever `verbose` says; the classic reporter honours verbose=0.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     import mlflow
+    import optuna  # noqa: F401  (imported before its logger's level is set, or it resets it)
     from mlflow import MlflowClient
 
+    quiet_library_logs()
     assert spec.search is not None
     started = time.monotonic()
+    uri = tracking_uri(spec)
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    # Which sweep this is, and whether --resume may continue it: bad input before any build.
+    resumed = sweep_to_continue(spec, task, client, uri, resume, new)
     log.info(f"preparing data and base model for {spec.name}")
+    quiet_libraries()  # no progress bar while the tiny model is written
     base = prepare_base(spec, task)  # the tiny model is built once, here, not per trial
     # Rows that would train nothing in some trial: exit 2 now, not in every such trial.
     check_answer_lengths_locally(spec, task, base, shortest_seq_length(spec))
 
-    uri = tracking_uri(spec)
-    mlflow.set_tracking_uri(uri)
-    client = MlflowClient(uri)
     init_ray()
+    quiet_library_logs()  # again: joining a cluster lets Ray configure its loggers
     warned = bool(os.environ.get("RAY_ADDRESS")) and warn_if_unavailable(spec)
-    if resume:
-        parent = latest_sweep_run(client, spec)
-        if parent is None:
-            raise InputError.at(
-                spec.source.path,
-                None,
-                f"no earlier sweep of '{spec.name}' at {mask_url_passwords(uri)} to resume; "
-                "run without --resume",
-            )
-        if parent.info.status == "FINISHED":
-            raise NothingToResume(parent.info.run_id)
+    if resumed is not None:
+        parent = resumed
         experiment_id = parent.info.experiment_id
         storage_root = parent.data.tags[TUNE_EXPERIMENT].rsplit("/", 1)[0]
         guard = guard_shared_storage(spec, storage_root)
@@ -410,7 +408,7 @@ def run_sweep(spec: Spec, task: Task, resume: bool = False, force: bool = False)
     else:
         storage_root = tune_storage_path(spec).rstrip("/")
         guard = guard_shared_storage(spec, storage_root)
-        experiment_id, parent = open_parent_run(spec, client, storage_root)
+        experiment_id, parent = open_parent_run(spec, task, client, storage_root)
     parent_id = parent.info.run_id
     experiment_path = parent.data.tags[TUNE_EXPERIMENT]
     recorder = SweepRecorder(uri, experiment_id, parent_id, spec)
@@ -471,7 +469,18 @@ def run_sweep(spec: Spec, task: Task, resume: bool = False, force: bool = False)
         registration, reason = None, None
         winner = choose_winner(outcomes, search.selection)
         if winner is not None:
-            registration = register_winner(spec, client, parent_id, winner, base, task, force=force)
+            # The trials trained under the spec the sweep recorded (a resume may differ only
+            # in fields that shape no trial).
+            registration = register_winner(
+                spec,
+                client,
+                parent_id,
+                winner,
+                base,
+                task,
+                force=force,
+                spec_sha256=parent.data.tags.get(SPEC_SHA256),
+            )
         elif any(o.status.finished for o in outcomes) and search.selection.where:
             reason = (
                 f"no finished trial meets search.select ({search.selection}); nothing registered"

@@ -51,3 +51,33 @@ def test_version_and_quiet_flags() -> None:
     assert quiet.returncode == 0 and quiet.stdout.startswith("ok: ")
     both = run_cli("--quiet", "--verbose", "validate", str(SPECS / "trigger_tiny.yaml"))
     assert both.returncode == 2 and "not allowed with" in both.stderr
+
+
+def test_commands_print_no_library_chatter_on_a_new_store(tmp_path) -> None:
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'new.db'}"}
+    board = run_cli("leaderboard", str(SPECS / "trigger_tiny.yaml"), env=env)
+    assert board.returncode == 1 and board.stdout == ""
+    [line] = board.stderr.splitlines()
+    assert line.startswith("error: no sweep of 'trigger-tiny' recorded at sqlite:///"), line
+    promoted = run_cli("promote", "trigger-tiny", "1", env=env)
+    assert promoted.returncode == 2 and promoted.stdout == ""
+    assert [line[:6] for line in promoted.stderr.splitlines()] == ["error:"], promoted.stderr
+
+
+def test_library_loggers_keep_to_warnings_and_ray_keeps_its_resume_advice() -> None:
+    import logging
+
+    from ftray.log import LIBRARY_CHATTER, quiet_library_logs
+
+    configure(NORMAL)
+    quiet_library_logs()
+    for name in ("mlflow", "optuna", "alembic"):
+        assert not logging.getLogger(name).isEnabledFor(logging.INFO), name
+        assert logging.getLogger(name).isEnabledFor(logging.WARNING), name
+    # Ray Tune's "Resume experiment with: Tuner.restore(...)" is a warning; ftray prints its own.
+    assert not logging.getLogger("ray.tune.tune").isEnabledFor(logging.WARNING)
+    configure(VERBOSE)
+    quiet_library_logs()
+    assert all(logging.getLogger(name).isEnabledFor(logging.DEBUG) for name in LIBRARY_CHATTER)
+    configure(NORMAL)
+    quiet_library_logs()
