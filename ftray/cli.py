@@ -172,8 +172,8 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         raise InputError.at(args.spec, None, "the spec has no search: section, so it has no sweeps")
     from mlflow import MlflowClient
 
-    from ftray.tracking.leaderboard import render_leaderboard
-    from ftray.tracking.store import command_tracking_uri
+    from ftray.tracking.leaderboard import render_leaderboard, search_drift
+    from ftray.tracking.store import command_tracking_uri, latest_sweep_run
 
     quiet_library_logs()
     uri = command_tracking_uri(args.tracking_uri, spec)
@@ -186,6 +186,9 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_RUNTIME
+    drift = search_drift(latest_sweep_run(client, spec), spec)
+    if drift:
+        get_logger().warning(drift)
     print(board)
     return EXIT_OK
 
