@@ -8,10 +8,13 @@ lines. Library code logs through `get_logger()`; the CLI (and each Ray trial pro
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stdout
 
 from ftray.redaction import mask_secrets
 
@@ -95,3 +98,38 @@ def quiet_library_logs() -> None:
         warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow\..*")
     for name, level in LIBRARY_CHATTER.items():
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else level)
+
+
+class _DebugLines(io.TextIOBase):
+    """A text stream whose every line becomes a debug line of the `ftray` logger."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pending = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        *lines, self._pending = (self._pending + text).split("\n")
+        for line in lines:
+            if line.strip():
+                get_logger().debug(line.rstrip())
+        return len(text)
+
+    def flush(self) -> None:
+        if self._pending.strip():
+            get_logger().debug(self._pending.rstrip())
+        self._pending = ""
+
+
+@contextmanager
+def library_prints_to_debug() -> Iterator[None]:
+    """Inside: what libraries print to stdout (Ray Tune's configuration box and TensorBoard
+    hint, whatever its reporter) becomes debug lines, so stdout carries only results."""
+    stream = _DebugLines()
+    try:
+        with redirect_stdout(stream):
+            yield
+    finally:
+        stream.flush()

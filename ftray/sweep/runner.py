@@ -13,7 +13,7 @@ from typing import Any
 
 from ftray.config.spec import Spec
 from ftray.errors import InputError
-from ftray.log import get_logger, quiet_library_logs
+from ftray.log import get_logger, library_prints_to_debug, quiet_library_logs
 from ftray.sweep.callback import RecordTrials
 from ftray.sweep.objectives import TrialOutcome, choose_winner, pareto_front, ranked
 from ftray.sweep.pending import PendingTimeout, PendingWatch, trial_resources, warn_if_unavailable
@@ -450,7 +450,8 @@ def run_sweep(
             f"sweep {spec.name}: {search.num_trials} trials, {search.max_concurrent_trials} at a "
             f"time, {search.primary}{several}; {stops}; MLflow at {uri}"
         )
-        grid = tuner.fit()
+        with library_prints_to_debug():
+            grid = tuner.fit()
         blind = StorageGuard.problem_for(storage_root)
         if blind:
             raise InputError([storage_problem(spec, blind)])

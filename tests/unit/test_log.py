@@ -81,3 +81,23 @@ def test_library_loggers_keep_to_warnings_and_ray_keeps_its_resume_advice() -> N
     assert all(logging.getLogger(name).isEnabledFor(logging.DEBUG) for name in LIBRARY_CHATTER)
     configure(NORMAL)
     quiet_library_logs()
+
+
+def test_library_prints_become_debug_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    from ftray.log import library_prints_to_debug
+
+    configure(VERBOSE)
+    with library_prints_to_debug():
+        print("+----------------------------------+\n| Configuration for experiment ... |")
+        print("To visualize your results with TensorBoard, run: ", end="")
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.splitlines() == [
+        "[ftray] +----------------------------------+",
+        "[ftray] | Configuration for experiment ... |",
+        "[ftray] To visualize your results with TensorBoard, run:",
+    ]
+    configure(NORMAL)
+    with library_prints_to_debug():
+        print("chatter")
+    assert capsys.readouterr() == ("", "")
