@@ -82,6 +82,9 @@ LIBRARY_CHATTER = {
     # "The `process_trial_result` operation took 0.6 s, which may be a performance
     # bottleneck": the driver's MLflow writes, which take that long by design.
     "ray.tune.utils.util": logging.ERROR,
+    # "Failed to fetch metrics for 1 trial(s)": a trial interrupted before its first epoch
+    # has none; ftray reports every trial itself.
+    "ray.tune.analysis.experiment_analysis": logging.ERROR,
 }
 """Library loggers whose lines are not for ftray's user, and the least level they still
 show (Ray's resume advice and slowness notes none: ftray prints its own resume command);

@@ -385,16 +385,17 @@ def run_sweep(
     quiet_library_logs()
     assert spec.search is not None
     started = time.monotonic()
-    uri = tracking_uri(spec)
-    mlflow.set_tracking_uri(uri)
-    client = MlflowClient(uri)
-    # Which sweep this is, and whether --resume may continue it: bad input before any build.
-    resumed = sweep_to_continue(spec, task, client, uri, resume, new)
     log.info(f"preparing data and base model for {spec.name}")
     quiet_libraries()  # no progress bar while the tiny model is written
     base = prepare_base(spec, task)  # the tiny model is built once, here, not per trial
     # Rows that would train nothing in some trial: exit 2 now, not in every such trial.
     check_answer_lengths_locally(spec, task, base, shortest_seq_length(spec))
+
+    uri = tracking_uri(spec)
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    # Which sweep this is, and whether --resume may continue it: bad input before Ray starts.
+    resumed = sweep_to_continue(spec, task, client, uri, resume, new)
 
     init_ray()
     quiet_library_logs()  # again: joining a cluster lets Ray configure its loggers
