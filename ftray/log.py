@@ -12,7 +12,6 @@ import io
 import logging
 import os
 import sys
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stdout
 
@@ -85,6 +84,7 @@ LIBRARY_CHATTER = {
     # "Failed to fetch metrics for 1 trial(s)": a trial interrupted before its first epoch
     # has none; ftray reports every trial itself.
     "ray.tune.analysis.experiment_analysis": logging.ERROR,
+    "py.warnings": logging.ERROR,  # libraries' Python warnings (see quiet_library_logs)
 }
 """Library loggers whose lines are not for ftray's user, and the least level they still
 show (Ray's resume advice and slowness notes none: ftray prints its own resume command);
@@ -97,8 +97,10 @@ def quiet_library_logs() -> None:
     verbose = get_logger().getEffectiveLevel() <= logging.DEBUG
     # MLflow draws a progress bar on stderr for every artifact it downloads (spec.yaml, ...).
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    if not verbose:  # advice about the type hints of the logged model's predict()
-        warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow\..*")
+    # Python warnings (MLflow's advice on the type hints of the registered model's predict(),
+    # given inside its own warnings filter) go to the `py.warnings` logger, which keeps them;
+    # with --verbose they are printed as Python prints them.
+    logging.captureWarnings(not verbose)
     for name, level in LIBRARY_CHATTER.items():
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else level)
 

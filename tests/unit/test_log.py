@@ -74,6 +74,9 @@ def test_library_loggers_keep_to_warnings_and_ray_keeps_its_resume_advice() -> N
     for name in ("mlflow", "optuna", "alembic"):
         assert not logging.getLogger(name).isEnabledFor(logging.INFO), name
         assert logging.getLogger(name).isEnabledFor(logging.WARNING), name
+    # Python warnings (MLflow's advice on the registered model's type hints) go to a logger
+    # that keeps them to itself.
+    assert not logging.getLogger("py.warnings").isEnabledFor(logging.WARNING)
     # Ray Tune's "Resume experiment with: Tuner.restore(...)" is a warning; ftray prints its own.
     assert not logging.getLogger("ray.tune.tune").isEnabledFor(logging.WARNING)
     configure(VERBOSE)
@@ -81,6 +84,7 @@ def test_library_loggers_keep_to_warnings_and_ray_keeps_its_resume_advice() -> N
     assert all(logging.getLogger(name).isEnabledFor(logging.DEBUG) for name in LIBRARY_CHATTER)
     configure(NORMAL)
     quiet_library_logs()
+    logging.captureWarnings(False)
 
 
 def test_library_prints_become_debug_lines(capsys: pytest.CaptureFixture[str]) -> None:
