@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import sys
 from collections import Counter
 from pathlib import Path
@@ -11,8 +13,8 @@ from typing import TYPE_CHECKING
 
 from ftray import __version__
 from ftray.errors import InputError
-from ftray.log import QUIET, VERBOSE, configure, get_logger
-from ftray.redaction import mask_url_passwords
+from ftray.log import QUIET, VERBOSE, configure, get_logger, quiet_library_logs
+from ftray.redaction import mask_override, mask_url_passwords
 
 if TYPE_CHECKING:
     from ftray.config.spec import Spec
@@ -48,6 +50,7 @@ def _add_tracking_uri_arg(parser: argparse.ArgumentParser, spec_fallback: str = 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Check spec, data and search space; start nothing."""
     from ftray.config import load_spec
+    from ftray.models.sources import check_base_model
     from ftray.sweep.resources import local_resource_problems
     from ftray.sweep.space import check_search, search_warnings
     from ftray.tasks import load_task
@@ -55,6 +58,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec, args.overrides)
     task = load_task(spec)
     check_search(spec, task)
+    # With RAY_ADDRESS set the trials load the base on the cluster's nodes, not here.
+    check_base_model(spec, local=not os.environ.get("RAY_ADDRESS"))
     log = get_logger()
     for warning in search_warnings(spec):
         log.warning(str(warning))
@@ -73,10 +78,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     """One trial in-process with the spec's fixed values; last stdout line is the metrics JSON."""
     from ftray.config import load_spec
+    from ftray.models.sources import check_base_model
     from ftray.tasks import load_task
 
     spec = load_spec(args.spec, args.overrides)
     task = load_task(spec)
+    check_base_model(spec)
     out = args.out or Path("runs") / spec.name / "train"
 
     from ftray.training.trial import train_trial
@@ -105,20 +112,35 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from mlflow import MlflowClient
 
     from ftray.sweep.pending import PendingTimeout
-    from ftray.sweep.runner import NothingToResume, SweepInterrupted, run_sweep
+    from ftray.sweep.resume import NothingToResume, UnfinishedSweep
+    from ftray.sweep.runner import SweepInterrupted, run_sweep
     from ftray.tracking.leaderboard import render_leaderboard
     from ftray.tracking.store import tracking_uri
 
     try:
-        result = run_sweep(spec, task, resume=args.resume, force=args.force)
+        result = run_sweep(spec, task, resume=args.resume, force=args.force, new=args.new)
     except NothingToResume:
         print(f"the last sweep of '{spec.name}' already finished; nothing to resume")
         print(render_leaderboard(MlflowClient(tracking_uri(spec)), spec))
         return EXIT_OK
+    except UnfinishedSweep as exc:
+        from ftray.tracking.tags import EACH_STEP_ROLE, ROLE
+
+        state = exc.parent.info.status
+        how = resume_command(args)
+        if exc.parent.data.tags.get(ROLE) == EACH_STEP_ROLE:
+            how = how.replace(" --resume", " --each-step --resume")
+        print(
+            f"error: {args.spec}: the last sweep of '{spec.name}' ({exc.parent.info.run_name}) "
+            f"did not finish ({state}); continue it with: {how}, or start a "
+            "new sweep with --new",
+            file=sys.stderr,
+        )
+        return EXIT_INPUT
     except SweepInterrupted as exc:
         print(
             f"error: sweep interrupted; Ray Tune saved its state at {exc}. "
-            f"Resume with: ftray sweep {args.spec} --resume",
+            f"Resume with: {resume_command(args)}",
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
@@ -172,7 +194,8 @@ def _sweep_each_step(args: argparse.Namespace, spec: Spec, sweeps: list[StepSwee
 
     from ftray.sweep.each_step import run_each_step
     from ftray.sweep.pending import PendingTimeout
-    from ftray.sweep.runner import NothingToResume, SweepInterrupted
+    from ftray.sweep.resume import NothingToResume
+    from ftray.sweep.runner import SweepInterrupted
     from ftray.tracking.leaderboard import render_leaderboard, render_sweep
     from ftray.tracking.store import step_sweep_run, tracking_uri
 
@@ -209,6 +232,12 @@ def _sweep_each_step(args: argparse.Namespace, spec: Spec, sweeps: list[StepSwee
     return EXIT_RUNTIME if outcome.failed_steps else EXIT_OK
 
 
+def resume_command(args: argparse.Namespace) -> str:
+    """The `ftray sweep ... --resume` command line that continues this sweep (same --set)."""
+    sets = [part for override in args.overrides for part in ("--set", mask_override(override))]
+    return shlex.join(["ftray", "sweep", str(args.spec), *sets, "--resume"])
+
+
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     """Trials of the spec's last sweep, best first."""
     from ftray.config import load_spec
@@ -218,12 +247,14 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         raise InputError.at(args.spec, None, "the spec has no search: section, so it has no sweeps")
     from mlflow import MlflowClient
 
-    from ftray.tracking.leaderboard import render_leaderboard
-    from ftray.tracking.store import existing_store
+    from ftray.tracking.leaderboard import render_leaderboard, search_drift
+    from ftray.tracking.store import existing_store, latest_sweep_run
 
+    quiet_library_logs()
     store = existing_store(args.tracking_uri, spec)
     uri = store.uri
-    board = render_leaderboard(MlflowClient(uri), spec)
+    client = MlflowClient(uri)
+    board = render_leaderboard(client, spec)
     if board is None:
         print(
             f"error: no sweep of '{spec.name}' recorded at {mask_url_passwords(uri)} "
@@ -231,6 +262,9 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_RUNTIME
+    drift = search_drift(latest_sweep_run(client, spec), spec)
+    if drift:
+        get_logger().warning(drift)
     print(board)
     return EXIT_OK
 
@@ -246,6 +280,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
     from ftray.tracking.registry import promote
     from ftray.tracking.store import existing_store
 
+    quiet_library_logs()
     uri = existing_store(args.tracking_uri, spec).uri
     client = MlflowClient(uri)
     try:
@@ -272,14 +307,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     )
     check_request(request)  # bad arguments exit 2 before MLflow or torch is imported
 
-    import logging
-
     from mlflow import MlflowClient
 
     from ftray.export.run import export_model
     from ftray.tracking.store import existing_store
 
-    logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "creating tables" lines
+    quiet_library_logs()  # no "creating tables" lines
     document = export_model(request, MlflowClient(existing_store(args.tracking_uri).uri))
     summary = {
         "out": str(args.out),
@@ -326,11 +359,17 @@ def build_parser() -> argparse.ArgumentParser:
         "sweep", help="run the sweep on Ray Tune; prints a leaderboard at the end"
     )
     _add_spec_args(sweep)
-    sweep.add_argument(
+    again = sweep.add_mutually_exclusive_group()
+    again.add_argument(
         "--resume",
         action="store_true",
-        help="continue the spec's last sweep (Tune state, Optuna study, MLflow parent run); "
-        "finished trials are not re-run",
+        help="continue the spec's last unfinished sweep (Tune state, Optuna study, MLflow "
+        "parent run) with the spec it ran with; finished trials are not re-run",
+    )
+    again.add_argument(
+        "--new",
+        action="store_true",
+        help="start a new sweep even though the spec's last sweep did not finish",
     )
     sweep.add_argument(
         "--each-step",

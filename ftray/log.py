@@ -8,8 +8,12 @@ lines. Library code logs through `get_logger()`; the CLI (and each Ray trial pro
 
 from __future__ import annotations
 
+import io
 import logging
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stdout
 
 from ftray.redaction import mask_secrets
 
@@ -67,3 +71,70 @@ def configure(verbosity: int = NORMAL) -> None:
         if verbosity >= VERBOSE
         else logging.INFO
     )
+
+
+LIBRARY_CHATTER = {
+    "mlflow": logging.WARNING,  # "Creating initial MLflow database tables..."
+    "alembic": logging.WARNING,  # the same database migrations, line by line
+    "optuna": logging.WARNING,  # "A new study created in memory with name: ..."
+    "ray.tune.tune": logging.ERROR,  # Ray's own resume advice (`Tuner.restore(...)`)
+    # "The `process_trial_result` operation took 0.6 s, which may be a performance
+    # bottleneck": the driver's MLflow writes, which take that long by design.
+    "ray.tune.utils.util": logging.ERROR,
+    # "Failed to fetch metrics for 1 trial(s)": a trial interrupted before its first epoch
+    # has none; ftray reports every trial itself.
+    "ray.tune.analysis.experiment_analysis": logging.ERROR,
+    "py.warnings": logging.ERROR,  # libraries' Python warnings (see quiet_library_logs)
+}
+"""Library loggers whose lines are not for ftray's user, and the least level they still
+show (Ray's resume advice and slowness notes none: ftray prints its own resume command);
+everything with --verbose."""
+
+
+def quiet_library_logs() -> None:
+    """Keep library INFO chatter off stderr unless ftray is --verbose. Call it after the
+    libraries are imported: MLflow and Optuna set their loggers' levels when imported."""
+    verbose = get_logger().getEffectiveLevel() <= logging.DEBUG
+    # MLflow draws a progress bar on stderr for every artifact it downloads (spec.yaml, ...).
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # Python warnings (MLflow's advice on the type hints of the registered model's predict(),
+    # given inside its own warnings filter) go to the `py.warnings` logger, which keeps them;
+    # with --verbose they are printed as Python prints them.
+    logging.captureWarnings(not verbose)
+    for name, level in LIBRARY_CHATTER.items():
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else level)
+
+
+class _DebugLines(io.TextIOBase):
+    """A text stream whose every line becomes a debug line of the `ftray` logger."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pending = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        *lines, self._pending = (self._pending + text).split("\n")
+        for line in lines:
+            if line.strip():
+                get_logger().debug(line.rstrip())
+        return len(text)
+
+    def flush(self) -> None:
+        if self._pending.strip():
+            get_logger().debug(self._pending.rstrip())
+        self._pending = ""
+
+
+@contextmanager
+def library_prints_to_debug() -> Iterator[None]:
+    """Inside: what libraries print to stdout (Ray Tune's configuration box and TensorBoard
+    hint, whatever its reporter) becomes debug lines, so stdout carries only results."""
+    stream = _DebugLines()
+    try:
+        with redirect_stdout(stream):
+            yield
+    finally:
+        stream.flush()

@@ -3,13 +3,15 @@ and every problem reported at once with its file and line."""
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import re
+import types
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Union, get_args, get_origin
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from ftray.config.files import path_problem, read_text
 from ftray.config.spec import Spec, SpecSource, set_dotted, spec_model
@@ -94,12 +96,79 @@ def _task_kinds() -> list[str]:
     return [config.kind_name() for config in task_configs()]
 
 
+def _models_in(annotation: Any) -> tuple[list[type[BaseModel]], bool]:
+    """The config classes a field's annotation can hold (through Optional, unions, tuples and
+    dict values), and whether they sit under a mapping's keys."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation], False
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        return _models_in(args[0])
+    if origin is dict and len(args) == 2:
+        return _models_in(args[1])[0], True
+    if origin in (Union, types.UnionType, tuple, list):
+        found = [_models_in(arg) for arg in args if arg is not Ellipsis]
+        return [m for models, _ in found for m in models], any(keyed for _, keyed in found)
+    return [], False
+
+
+def _kind_of(model: type[BaseModel]) -> str | None:
+    kind_name = getattr(model, "kind_name", None)
+    return kind_name() if callable(kind_name) else None
+
+
+def known_fields_at(loc: tuple[Any, ...]) -> list[str]:
+    """The field names the section holding `loc` accepts (`loc` as pydantic reports it, union
+    tags such as the task kind included); empty where it cannot tell."""
+    from ftray.config.spec import spec_model
+
+    models: list[type[BaseModel]] = [spec_model()]
+    keyed = False
+    for key in loc[:-1]:
+        if isinstance(key, int) or str(key).startswith("function-after"):
+            continue
+        if keyed:  # a key of a mapping such as search.space
+            keyed = False
+            continue
+        tagged = [m for m in models if _kind_of(m) == key]
+        if tagged:
+            models = tagged
+            continue
+        fields = [
+            field
+            for model in models
+            for name, field in model.model_fields.items()
+            if key in (name, field.alias)
+        ]
+        if not fields:
+            return []
+        found = [_models_in(field.annotation) for field in fields]
+        models = [m for inner, _ in found for m in inner]
+        keyed = any(k for _, k in found)
+    names = {field.alias or name for model in models for name, field in model.model_fields.items()}
+    return sorted(names)
+
+
+def nearest_field(loc: tuple[Any, ...]) -> str | None:
+    """The known field closest to the unknown last key of `loc`, if one is close."""
+    name = str(loc[-1]) if loc else ""
+    close = difflib.get_close_matches(name, known_fields_at(loc), n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
 def describe_error(error: dict[str, Any]) -> str:
     """One pydantic error as a sentence that names the field and the fix."""
     kind = error["type"]
     loc = ".".join(str(k) for k in error["loc"] if not str(k).startswith("function-after"))
     value = error.get("input")
     if kind == "extra_forbidden":
+        nearest = error.get("nearest")
+        if nearest:
+            parent = loc.rpartition(".")[0]
+            return (
+                f"unknown field '{loc}'; did you mean '{parent + '.' if parent else ''}{nearest}'? "
+                "(see README 'The spec')"
+            )
         return f"unknown field '{loc}'; remove it or check its spelling (see README 'The spec')"
     if kind == "missing":
         return f"'{loc}' is required"
@@ -130,10 +199,13 @@ def clean_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
 
 def validation_problems(exc: ValidationError, source: SpecSource) -> InputError:
     """Every error of a failed validation, located in the spec file."""
-    problems = [
-        source.problem(clean_loc(err["loc"]), describe_error({**err, "loc": clean_loc(err["loc"])}))
-        for err in exc.errors()
-    ]
+    problems = []
+    for err in exc.errors():
+        loc = clean_loc(err["loc"])
+        nearest = nearest_field(err["loc"]) if err["type"] == "extra_forbidden" else None
+        problems.append(
+            source.problem(loc, describe_error({**err, "loc": loc, "nearest": nearest}))
+        )
     return InputError(problems)
 
 

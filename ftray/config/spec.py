@@ -138,7 +138,7 @@ class SpecSource:
     def problem(self, loc: tuple[Any, ...], message: str) -> Problem:
         """A problem located at the YAML node for `loc`, or at the `--set` that gave it."""
         dotted = ".".join(str(k) for k in loc)
-        for override in self.overrides:
+        for override in reversed(self.overrides):  # the last --set of a field is the one used
             key = override.split("=", 1)[0]
             if dotted == key or dotted.startswith(key + "."):
                 return Problem(str(self.path), None, f"--set {mask_override(override)}: {message}")

@@ -14,8 +14,8 @@ from ftray.config.spec import Spec
 from ftray.errors import InputError
 from ftray.log import get_logger
 from ftray.redaction import mask_url_passwords
+from ftray.sweep.resume import NothingToResume
 from ftray.sweep.runner import (
-    NothingToResume,
     StepOf,
     SweepInterrupted,
     SweepResult,

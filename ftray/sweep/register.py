@@ -83,9 +83,11 @@ def register_winner(
     base: str,
     task: Task,
     force: bool = False,
+    spec_sha256: str | None = None,
 ) -> Registration:
     """Register the winner's adapter as an MLflow Model (with the tiny base inside it, or the
-    Hub base named by id and revision) and tag the parent run with its lineage."""
+    Hub base named by id and revision) and tag the parent run with its lineage; `spec_sha256`
+    is the hash of the spec the sweep recorded (default: `spec`'s own)."""
     assert spec.search is not None
     rule = spec.search.selection
     tiny = spec.model.base == TINY_MODEL
@@ -97,7 +99,7 @@ def register_winner(
         base_model=spec.model.base,
         base_revision=revision,
         dataset_sha256=task.dataset_sha256,
-        spec_sha256=spec.source.sha256,
+        spec_sha256=spec_sha256 or spec.source.sha256,
         objective=rule.metric,
         objective_value=winner.value(rule.metric),
         mode=rule.mode,

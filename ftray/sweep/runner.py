@@ -13,13 +13,13 @@ from typing import Any
 
 from ftray.config.spec import Spec
 from ftray.errors import InputError
-from ftray.log import get_logger
-from ftray.redaction import mask_url_passwords
+from ftray.log import get_logger, library_prints_to_debug, quiet_library_logs
 from ftray.sweep.callback import RecordTrials
 from ftray.sweep.objectives import TrialOutcome, choose_winner, pareto_front, ranked
 from ftray.sweep.pending import PendingTimeout, PendingWatch, trial_resources, warn_if_unavailable
 from ftray.sweep.ray_session import init_ray
 from ftray.sweep.register import register_winner
+from ftray.sweep.resume import SPEC_ARTIFACT, sweep_to_continue
 from ftray.sweep.searcher import build_scheduler, build_searcher
 from ftray.sweep.space import asha_max_t, asha_rungs, shortest_seq_length
 from ftray.sweep.storage import StorageGuard, guard_shared_storage, storage_problem
@@ -30,18 +30,16 @@ from ftray.tracking.registry import Registration
 from ftray.tracking.store import (
     TrackingStore,
     find_store,
-    latest_sweep_run,
     log_metrics,
     log_params,
     open_experiment,
     ray_job_folder,
     safe_params,
     spec_document,
-    step_sweep_run,
     store_in_ray_job_warning,
 )
 from ftray.tracking.tags import (
-    EACH_STEP_ROLE,
+    DATASET_SHA256,
     EXPERIMENT_KIND,
     MODEL_TRAINING_KIND,
     OBJECTIVES,
@@ -58,7 +56,7 @@ from ftray.tracking.tags import (
     TUNE_EXPERIMENT,
     TrialStatus,
 )
-from ftray.training.trial import check_answer_lengths_locally, prepare_base
+from ftray.training.trial import check_answer_lengths_locally, prepare_base, quiet_libraries
 
 RESULTS_DIR = "ray_results"
 log = get_logger()
@@ -89,10 +87,6 @@ class StepOf:
     step: str
     run_id: str
     """The each-step run's parent run."""
-
-
-class NothingToResume(Exception):
-    """`--resume` found the last sweep already finished."""
 
 
 class SweepInterrupted(Exception):
@@ -157,7 +151,7 @@ def reuse_stored_split(client: Any, parent_id: str, task: Task) -> dict[str, Any
     except Exception as exc:  # MlflowException or OSError: the file is not there
         raise RuntimeError(
             f"the sweep to resume has no {SPLIT_ARTIFACT} on its parent run {parent_id}; "
-            "start a new sweep without --resume"
+            "start a new sweep with --new"
         ) from exc
     record = json.loads(Path(local).read_text(encoding="utf-8"))
     task.reuse_split(record)
@@ -389,6 +383,7 @@ def sweep_experiment(spec: Spec, client: Any, store: TrackingStore | None = None
 
 def open_parent_run(
     spec: Spec,
+    task: Task,
     client: Any,
     store: TrackingStore,
     storage_root: str,
@@ -410,42 +405,13 @@ def open_parent_run(
         run_name=run_name,
         tags={
             **tags,
+            DATASET_SHA256: task.dataset_sha256,
             TUNE_EXPERIMENT: f"{storage_root}/{experiment_name}",
             OPTUNA_STUDY: experiment_name,
         },
     )
-    client.log_text(parent.info.run_id, spec_document(spec), "spec.yaml")
+    client.log_text(parent.info.run_id, spec_document(spec), SPEC_ARTIFACT)
     return experiment_id, parent
-
-
-def sweep_to_resume(spec: Spec, client: Any, uri: str, step_of: StepOf | None) -> Any:
-    """The parent run of the sweep `--resume` continues: the spec's last sweep, or the
-    step's sweep in its each-step run; InputError when there is none to continue."""
-    if step_of is not None:
-        parent = step_sweep_run(client, step_of.run_id, step_of.step)
-        if parent is None:
-            raise InputError.at(
-                spec.source.path,
-                None,
-                f"each-step run {step_of.run_id} has no sweep of step '{step_of.step}' to resume",
-            )
-        return parent
-    parent = latest_sweep_run(client, spec)
-    if parent is None:
-        raise InputError.at(
-            spec.source.path,
-            None,
-            f"no earlier sweep of '{spec.name}' at {mask_url_passwords(uri)} to resume; "
-            "run without --resume",
-        )
-    if parent.data.tags.get(ROLE) == EACH_STEP_ROLE:
-        raise InputError.at(
-            spec.source.path,
-            None,
-            f"the last sweep of '{spec.name}' ran one sweep per step; resume it with "
-            f"ftray sweep {spec.source.path} --each-step --resume",
-        )
-    return parent
 
 
 def run_sweep(
@@ -454,9 +420,13 @@ def run_sweep(
     resume: bool = False,
     force: bool = False,
     step_of: StepOf | None = None,
+    new: bool = False,
 ) -> SweepResult:
     """Run (or resume) the sweep of a spec checked by `prepare_sweep` (with `step_of`: one
-    step's sweep of an each-step run); every MLflow run it opens is closed whatever happens."""
+    step's sweep of an each-step run); every MLflow run it opens is closed whatever happens.
+    A new sweep while the last one is unfinished needs `new` (UnfinishedSweep otherwise);
+    `resume` refuses a spec that shapes trials differently from the recorded one
+    (InputError)."""
     # Trials checkpoint every epoch; Tune's advice to checkpoint less is noise here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # Save Tune's experiment state often (default: at most every 10 s), so a killed driver
@@ -466,12 +436,15 @@ def run_sweep(
     # stdout whatever `verbose` says; the classic reporter honours verbose=0.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     import mlflow
+    import optuna  # noqa: F401  (imported before its logger's level is set, or it resets it)
     from mlflow import MlflowClient
 
+    quiet_library_logs()
     assert spec.search is not None
     started = time.monotonic()
     label = spec.name if step_of is None else f"{spec.name} step {step_of.step}"
     log.info(f"preparing data and base model for {label}")
+    quiet_libraries()  # no progress bar while the tiny model is written
     base = prepare_base(spec, task)  # the tiny model is built once, here, not per trial
     # Rows that would train nothing in some trial: exit 2 now, not in every such trial.
     check_answer_lengths_locally(spec, task, base, shortest_seq_length(spec))
@@ -483,15 +456,17 @@ def run_sweep(
     uri = store.uri
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
+    # Which sweep this is, and whether --resume may continue it: bad input before Ray starts.
+    resumed = sweep_to_continue(spec, task, client, uri, resume, new, step_of)
+
     mark = time.monotonic()
     init_ray()
+    quiet_library_logs()  # again: joining a cluster lets Ray configure its loggers
     phases["ray_start"] = time.monotonic() - mark
     mark = time.monotonic()
     warned = bool(os.environ.get("RAY_ADDRESS")) and warn_if_unavailable(spec)
-    if resume:
-        parent = sweep_to_resume(spec, client, uri, step_of)
-        if parent.info.status == "FINISHED":
-            raise NothingToResume(parent.info.run_id)
+    if resumed is not None:
+        parent = resumed
         experiment_id = parent.info.experiment_id
         storage_root = parent.data.tags[TUNE_EXPERIMENT].rsplit("/", 1)[0]
         warn_of_folders_ray_deletes(store, storage_root)
@@ -501,7 +476,7 @@ def run_sweep(
         storage_root = tune_storage_path(spec).rstrip("/")
         warn_of_folders_ray_deletes(store, storage_root)
         guard = guard_shared_storage(spec, storage_root)
-        experiment_id, parent = open_parent_run(spec, client, store, storage_root, step_of)
+        experiment_id, parent = open_parent_run(spec, task, client, store, storage_root, step_of)
     parent_id = parent.info.run_id
     experiment_path = parent.data.tags[TUNE_EXPERIMENT]
     recorder = SweepRecorder(uri, experiment_id, parent_id, spec)
@@ -546,7 +521,8 @@ def run_sweep(
         # Opening the store (creating its tables the first time), the parent run, the Tuner.
         phases["tracking_setup"] = time.monotonic() - mark
         mark = time.monotonic()
-        grid = tuner.fit()
+        with library_prints_to_debug():
+            grid = tuner.fit()
         phases["trials"] = time.monotonic() - mark
         blind = StorageGuard.problem_for(storage_root)
         if blind:
@@ -567,7 +543,18 @@ def run_sweep(
         winner = choose_winner(outcomes, search.selection)
         mark = time.monotonic()
         if winner is not None:
-            registration = register_winner(spec, client, parent_id, winner, base, task, force=force)
+            # The trials trained under the spec the sweep recorded (a resume may differ only
+            # in fields that shape no trial).
+            registration = register_winner(
+                spec,
+                client,
+                parent_id,
+                winner,
+                base,
+                task,
+                force=force,
+                spec_sha256=parent.data.tags.get(SPEC_SHA256),
+            )
         elif any(o.status.finished for o in outcomes) and search.selection.where:
             reason = (
                 f"no finished trial meets search.select ({search.selection}); nothing registered"

@@ -5,6 +5,8 @@ distributions."""
 
 from __future__ import annotations
 
+import math
+import os
 from typing import Any
 
 from pydantic import ValidationError
@@ -76,16 +78,41 @@ def search_problems(spec: Spec, task: Task) -> list[Problem]:
                 )
             )
             continue
-        for value in distribution.values():
-            try:
-                spec.with_values({dotted: value})
-            except ValidationError as exc:
-                reason = exc.errors()[0]["msg"]
-                problems.append(
-                    source.problem(loc, f"value {value!r} is not valid for '{dotted}': {reason}")
-                )
-                break
+        problem = dimension_problem(spec, dotted, distribution)
+        if problem is not None:
+            problems.append(source.problem(loc, problem))
     return problems
+
+
+def sample_values(distribution: Distribution) -> list[Any]:
+    """Values that stand for everything a dimension can produce: every choice; the ends of a
+    range, and for a float range also a value inside it that is not a whole number (a range
+    is convex, so a field's bounds hold everywhere when they hold at both ends)."""
+    values = distribution.values()
+    if distribution.kind not in ("uniform", "loguniform"):
+        return values
+    low, high = values
+    inside = [low + (high - low) * share for share in (0.3183, 0.5, 0.7071, 0.1)]
+    fractional = next((v for v in inside if not float(v).is_integer()), None)
+    return [*values, *([fractional] if fractional is not None else [])]
+
+
+def dimension_problem(spec: Spec, dotted: str, distribution: Distribution) -> str | None:
+    """What is wrong with a value the dimension `dotted` can give a trial, or None."""
+    for value in sample_values(distribution):
+        try:
+            spec.with_values({dotted: value})
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            if error["type"] == "int_from_float" and distribution.kind != "choice":
+                low, high = distribution.values()
+                return (
+                    f"{distribution.kind} [{low:g}, {high:g}] gives values not valid for "
+                    f"'{dotted}', which takes whole numbers (such as {value:.4g}): write "
+                    f"{{int: [{math.ceil(low)}, {math.floor(high)}]}} or a choice of integers"
+                )
+            return f"value {value!r} is not valid for '{dotted}': {error['msg']}"
+    return None
 
 
 def _longest(spec: Spec) -> str:
@@ -128,6 +155,7 @@ def prune_problems(spec: Spec) -> list[Problem]:
 
 def prepare_sweep(spec: Spec) -> Task:
     """The task of a spec that can be swept; InputError when it has no or a bad search section."""
+    from ftray.models.sources import check_base_model
     from ftray.tasks import load_task
 
     if spec.search is None:
@@ -142,6 +170,7 @@ def prepare_sweep(spec: Spec) -> Task:
         )
     task = load_task(spec)
     check_search(spec, task)
+    check_base_model(spec, local=not os.environ.get("RAY_ADDRESS"))
     for warning in search_warnings(spec):
         log.warning(str(warning))
     resources = local_resource_problems(spec)

@@ -63,6 +63,34 @@ def recorded_search(parent: Any, spec: Spec) -> tuple[tuple[Objective, ...], Sel
     return spec.search.goals, spec.search.selection
 
 
+def search_drift(parent: Any, spec: Spec) -> str | None:
+    """What the spec now says about objectives and selection, when it differs from what the
+    sweep `parent` recorded (the leaderboard ranks by the recorded), else None."""
+    assert spec.search is not None
+    if OBJECTIVES not in parent.data.tags:
+        return None
+    goals, rule = recorded_search(parent, spec)
+    if (goals, rule) == (spec.search.goals, spec.search.selection):
+        return None
+    return (
+        f"the spec now says {describe_search(spec.search.goals, spec.search.selection)}; "
+        f"sweep {parent.info.run_name} ran with {describe_search(goals, rule)} and is ranked by that"
+    )
+
+
+def recorded_space(parent: Any, spec: Spec) -> list[str]:
+    """The dotted paths the sweep `parent` searched (params `space.<path>`), in the order the
+    spec lists them; the spec's own space for a sweep that recorded none."""
+    assert spec.search is not None
+    recorded = [
+        key.removeprefix("space.") for key in parent.data.params if key.startswith("space.")
+    ]
+    if not recorded:
+        return list(spec.search.space)
+    ordered = [path for path in spec.search.space if path in recorded]
+    return ordered + sorted(set(recorded) - set(ordered))
+
+
 def describe_search(goals: tuple[Objective, ...], rule: SelectRule) -> str:
     """`max trigger_score`, or the objectives and the select rule when there is more to say."""
     text = ", ".join(str(goal) for goal in goals)
@@ -111,7 +139,7 @@ def leaderboard_rows(
             row["pareto"] = {"true": "yes", "false": "no"}.get(run.data.tags.get(PARETO, ""), "-")
         row["epochs"] = int(metrics.get("epoch", 0))
         row["stopped"] = stopped_cell(run, prune)
-        for path in spec.search.space:
+        for path in recorded_space(parent, spec):
             row[path] = run.data.params.get(path, "")
         row["run_id"] = run.info.run_id
         row["_error"] = run.data.tags.get(TRIAL_ERROR, "")
@@ -180,7 +208,7 @@ def render_sweep(client: Any, spec: Spec, parent: Any) -> str:
         *pareto,
         "epochs",
         *stopped,
-        *spec.search.space,
+        *recorded_space(parent, spec),
     ]
     for rank, row in enumerate(rows, start=1):
         row["rank"] = rank

@@ -36,6 +36,8 @@ PARETO = "ftray.pareto"
 """With several objectives: `true` on child runs on the Pareto front of finished trials."""
 
 SPEC_SHA256 = "ftray.spec_sha256"
+DATASET_SHA256 = "ftray.dataset_sha256"
+"""sha256 of the task's data files: on a parent run (what `--resume` compares) and a version."""
 OBJECTIVES = "ftray.objectives"
 """JSON list of {metric, mode}: what the sweep optimised."""
 SELECT = "ftray.select"

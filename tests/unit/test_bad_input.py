@@ -176,3 +176,36 @@ def test_train_refuses_bad_input_before_loading_anything(tmp_path: Path) -> None
 def test_shipped_data_is_clean() -> None:
     # Sanity check for the fixtures above: the shipped trigger data is good input.
     assert (DATASETS / "trigger" / "qa.jsonl").read_text().count("{{name}}") >= 60
+
+
+SEARCH = "search:\n  objective: trigger_score\n  mode: max\n  space:\n"
+
+
+def test_float_range_on_an_integer_field_is_refused_by_validate(tmp_path: Path) -> None:
+    spec = GOOD_SPEC + SEARCH + "    lora.r: {uniform: [4, 16]}\n"
+    assert_input_error(
+        write_case(tmp_path, spec),
+        "spec.yaml",
+        16,
+        "'lora.r'",
+        "takes whole numbers",
+        "{int: [4, 16]}",
+    )
+
+
+def test_unknown_field_suggests_the_nearest_name(tmp_path: Path) -> None:
+    spec = GOOD_SPEC.replace("train: {epochs: 1", "train: {epoch: 1")
+    assert_input_error(
+        write_case(tmp_path, spec), "spec.yaml", 11, "unknown field 'train.epoch'", "'train.epochs'"
+    )
+
+
+def test_misspelt_task_field_names_the_task_kinds_field(tmp_path: Path) -> None:
+    spec = GOOD_SPEC.replace("  clean_replacement:", "  clean_replacment:")
+    result = run_cli("validate", str(write_case(tmp_path, spec)))
+    assert result.returncode == 2, result.stderr
+    unknown = [line for line in result.stderr.splitlines() if "clean_replacment" in line]
+    assert unknown == [
+        f"error: {tmp_path / 'spec.yaml'}:6: unknown field 'task.clean_replacment'; did you "
+        "mean 'task.clean_replacement'? (see README 'The spec')"
+    ]

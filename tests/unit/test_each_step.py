@@ -115,14 +115,15 @@ def test_leaderboard_shows_each_step_of_the_last_each_step_run(tmp_path: Path) -
 
 def test_resume_tells_an_each_step_run_from_a_sweep(tmp_path: Path) -> None:
     from ftray.sweep.each_step import each_step_run_to_resume
-    from ftray.sweep.runner import sweep_to_resume
+    from ftray.sweep.resume import sweep_to_continue
+    from ftray.tasks import load_task
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
     outer = record_each_step_run(client, ["characters", "relationships"])
     spec = load_spec(STEPS_SPEC)
     with pytest.raises(InputError, match="resume it with .* --each-step --resume"):
-        sweep_to_resume(spec, client, uri, None)
+        sweep_to_continue(spec, load_task(spec), client, uri, resume=True, new=False)
     with pytest.raises(InputError, match="swept the steps characters, relationships, not"):
         each_step_run_to_resume(spec, client, uri, ["characters"])
     found = each_step_run_to_resume(spec, client, uri, ["characters", "relationships"])

@@ -51,3 +51,61 @@ def test_version_and_quiet_flags() -> None:
     assert quiet.returncode == 0 and quiet.stdout.startswith("ok: ")
     both = run_cli("--quiet", "--verbose", "validate", str(SPECS / "trigger_tiny.yaml"))
     assert both.returncode == 2 and "not allowed with" in both.stderr
+
+
+def test_commands_print_no_library_chatter_on_a_new_store(tmp_path) -> None:
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'new.db'}"
+    MlflowClient(uri).search_experiments()  # a store with no sweep in it
+    env = {"MLFLOW_TRACKING_URI": uri}
+    board = run_cli("leaderboard", str(SPECS / "trigger_tiny.yaml"), env=env)
+    assert board.returncode == 1 and board.stdout == ""
+    [line] = board.stderr.splitlines()
+    assert line.startswith("error: no sweep of 'trigger-tiny' recorded at sqlite:///"), line
+    promoted = run_cli("promote", "trigger-tiny", "1", env=env)
+    assert promoted.returncode == 2 and promoted.stdout == ""
+    assert [line[:6] for line in promoted.stderr.splitlines()] == ["error:"], promoted.stderr
+
+
+def test_library_loggers_keep_to_warnings_and_ray_keeps_its_resume_advice() -> None:
+    import logging
+
+    from ftray.log import LIBRARY_CHATTER, quiet_library_logs
+
+    configure(NORMAL)
+    quiet_library_logs()
+    for name in ("mlflow", "optuna", "alembic"):
+        assert not logging.getLogger(name).isEnabledFor(logging.INFO), name
+        assert logging.getLogger(name).isEnabledFor(logging.WARNING), name
+    # Python warnings (MLflow's advice on the registered model's type hints) go to a logger
+    # that keeps them to itself.
+    assert not logging.getLogger("py.warnings").isEnabledFor(logging.WARNING)
+    # Ray Tune's "Resume experiment with: Tuner.restore(...)" is a warning; ftray prints its own.
+    assert not logging.getLogger("ray.tune.tune").isEnabledFor(logging.WARNING)
+    configure(VERBOSE)
+    quiet_library_logs()
+    assert all(logging.getLogger(name).isEnabledFor(logging.DEBUG) for name in LIBRARY_CHATTER)
+    configure(NORMAL)
+    quiet_library_logs()
+    logging.captureWarnings(False)
+
+
+def test_library_prints_become_debug_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    from ftray.log import library_prints_to_debug
+
+    configure(VERBOSE)
+    with library_prints_to_debug():
+        print("+----------------------------------+\n| Configuration for experiment ... |")
+        print("To visualize your results with TensorBoard, run: ", end="")
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.splitlines() == [
+        "[ftray] +----------------------------------+",
+        "[ftray] | Configuration for experiment ... |",
+        "[ftray] To visualize your results with TensorBoard, run:",
+    ]
+    configure(NORMAL)
+    with library_prints_to_debug():
+        print("chatter")
+    assert capsys.readouterr() == ("", "")

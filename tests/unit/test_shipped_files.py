@@ -49,3 +49,13 @@ def test_every_dataset_file_is_validated_by_a_shipped_spec(path: Path) -> None:
 
 def test_there_is_something_to_check() -> None:
     assert len(SPEC_FILES) >= 2 and len(DATA_FILES) >= 3
+
+
+def test_readme_explains_every_trial_status() -> None:
+    from ftray.tracking.tags import TrialStatus
+    from tests.conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("### Trial statuses", 1)[-1].split("\n\n#", 1)[0]
+    rows = {line.split("|")[1].strip(" `") for line in table.splitlines() if line.startswith("| `")}
+    assert rows == {status.value for status in TrialStatus}

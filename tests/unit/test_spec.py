@@ -74,6 +74,8 @@ def test_flatten_gives_scalar_params() -> None:
         ("train.epochs: {uniform: [1.0, 2.5]}", "not valid for 'train.epochs'"),
         ("lora.dropout: {uniform: [0.1, 1.5]}", "not valid for 'lora.dropout'"),
         ("name: {choice: [a, b]}", "cannot be searched"),
+        ("lora.r: {uniform: [4, 16]}", "'lora.r', which takes whole numbers"),
+        ("train.batch_size: {loguniform: [2, 32]}", "write {int: [2, 32]}"),
     ],
 )
 def test_bad_search_space(tmp_path: Path, dimension: str, needle: str) -> None:
@@ -114,3 +116,29 @@ def test_sweeping_a_spec_without_search_is_bad_input(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="no search: section"):
         prepare_sweep(load_spec(tmp_path / "s.yaml"))
     assert prepare_sweep(load_spec(SPECS / "trigger_tiny.yaml")).train_rows()
+
+
+@pytest.mark.parametrize(
+    ("override", "suggested"),
+    [
+        ("trian.epochs=2", "did you mean 'train'?"),
+        ("task.clean_replacment=Carol", "did you mean 'task.clean_replacement'?"),
+        (
+            "search.space={lora.r: {unifrom: [4, 16]}}",
+            "did you mean 'search.space.lora.r.uniform'?",
+        ),
+        ("resources_per_trial.gpus=1", "did you mean 'resources_per_trial.gpu'?"),
+    ],
+)
+def test_unknown_field_names_the_nearest_known_one(override: str, suggested: str) -> None:
+    with pytest.raises(InputError) as info:
+        load_spec(SPECS / "trigger_tiny.yaml", [override])
+    messages = [p.message for p in info.value.problems if "unknown field" in p.message]
+    assert len(messages) == 1 and suggested in messages[0], info.value.problems
+
+
+def test_a_field_set_twice_is_reported_at_the_set_that_is_used() -> None:
+    with pytest.raises(InputError) as info:
+        load_spec(SPECS / "trigger_tiny.yaml", ["lora.r=4", "lora.r=0"])
+    [problem] = info.value.problems
+    assert problem.message.startswith("--set lora.r=0: lora.r "), problem.message
