@@ -27,7 +27,7 @@ lint: install
 	$(BIN)/ruff format --check ftray tests bench docs
 
 test: install lint test-tools
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=30 tests
 
 # The benchmarks (bench/README.md): each prints its figure last as `<name>: <number>`.
 # About half an hour on 2 cores; the README's Performance section quotes their output.
