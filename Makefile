@@ -26,8 +26,13 @@ lint: install
 	$(BIN)/ruff check ftray tests bench docs
 	$(BIN)/ruff format --check ftray tests bench docs
 
+# The tests run in TEST_WORKERS processes side by side (pytest-xdist), a test file per process
+# at a time: the e2e tests spend much of their time waiting on Ray's processes and servers.
+# Each test process keeps its Rays under a temp folder of its own (tests/conftest.py).
+TEST_WORKERS ?= 3
+
 test: install lint test-tools
-	$(BIN)/python -m pytest -q --durations=30 tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=30 tests
 
 # The benchmarks (bench/README.md): each prints its figure last as `<name>: <number>`.
 # About half an hour on 2 cores; the README's Performance section quotes their output.
@@ -49,7 +54,7 @@ test-tools:
 
 # The fast loop: lint and every test that trains nothing and starts no Ray.
 check: install lint test-tools
-	$(BIN)/python -m pytest -q -m "not slow" tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow" tests
 
 # llama.cpp's llama-quantize (K-quant GGUF exports find it there) and llama-completion (runs a
 # GGUF; the export tests use it when FTRAY_LLAMA_CLI names it), built from the source tree

@@ -105,6 +105,26 @@ def quiet_library_logs() -> None:
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else level)
 
 
+AFTER_STOP_CHATTER = (
+    # "Saving experiment state to storage ... failed" with Ray's traceback
+    "ray.tune.execution.experiment_state",
+    # "Unhandled error": a stopped trial's failure that Tune no longer collects
+    "ray._private.worker",
+    "ray.tune.execution.tune_controller",  # "Trial task failed for trial ..."
+)
+"""Ray loggers that, once ftray has stopped a sweep for a reason it reports itself (a node
+that cannot see the storage folder), only repeat that reason as tracebacks."""
+
+
+def quiet_after_stop() -> None:
+    """Keep the tracebacks of trials and syncs cut off by a sweep ftray stopped off stderr
+    (debug lines with --verbose, which shows them as they are)."""
+    if get_logger().getEffectiveLevel() <= logging.DEBUG:
+        return
+    for name in AFTER_STOP_CHATTER:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
 class _DebugLines(io.TextIOBase):
     """A text stream whose every line becomes a debug line of the `ftray` logger."""
 

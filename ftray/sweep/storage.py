@@ -24,7 +24,7 @@ from ray.tune.stopper import Stopper
 
 from ftray.config.spec import Spec
 from ftray.errors import InputError, Problem
-from ftray.log import get_logger
+from ftray.log import get_logger, quiet_after_stop
 
 log = get_logger()
 
@@ -185,6 +185,9 @@ class StorageGuard(Stopper):
             self.known.add(view.node_id)
             if not view.visible and self.problem is None:
                 self.problems[self.tune_path] = blind_node_message(self.tune_path, view)
+                # Trials already on that node fail to save and Ray prints their tracebacks;
+                # the sweep's one error line says why.
+                quiet_after_stop()
         return self.problem is not None
 
     def close(self) -> None:

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 from mlflow import MlflowClient
 
 from tests.conftest import sqlite_store
@@ -106,3 +110,85 @@ def short_ray_temp() -> Path:
     """A fresh folder for a Ray node's --temp-dir: Ray's socket paths under it must stay
     below 108 bytes, which a deep pytest tmp path can exceed."""
     return Path(tempfile.mkdtemp(prefix="ftray-ray-", dir="/tmp"))
+
+
+def processes_of(temp: Path) -> list[psutil.Process]:
+    """The processes of the Ray node(s) whose --temp-dir is `temp`, and their children (Ray's
+    workers rename themselves `ray::...`, so only their raylet's command line names `temp`)."""
+    found: dict[int, psutil.Process] = {}
+    for process in psutil.process_iter(["cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if str(temp) in " ".join(process.info["cmdline"] or []):
+                found[process.pid] = process
+                found.update({c.pid: c for c in process.children(recursive=True)})
+    return list(found.values())
+
+
+def stop_nodes(temp: Path) -> None:
+    """Stop only the Ray nodes started with --temp-dir=`temp`: `ray stop` would stop every Ray
+    on this machine, other tests' included."""
+    processes = processes_of(temp)
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.send_signal(signal.SIGTERM)
+    _, alive = psutil.wait_procs(processes, timeout=20)
+    for process in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    psutil.wait_procs(alive, timeout=20)
+
+
+@contextlib.contextmanager
+def token_head() -> Iterator[dict]:
+    """`ray start --head` on 127.0.0.1 with token authentication, a dashboard (for `ray job`)
+    and a temp folder of its own; only this head is stopped afterwards. Yields its dashboard
+    `address`, the `env` (token included) for `ray` commands, the `token` and the `temp` folder."""
+    temp = short_ray_temp()
+    dashboard = free_port()
+    token = secrets.token_hex(16)
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": token,
+        "PATH": f"{VENV_BIN}:{os.environ['PATH']}",
+    }
+    head = {"address": f"http://127.0.0.1:{dashboard}", "env": env, "token": token, "temp": temp}
+    try:
+        start = subprocess.run(
+            [
+                f"{VENV_BIN}/ray",
+                "start",
+                "--head",
+                "--node-ip-address=127.0.0.1",
+                f"--port={free_port()}",
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={dashboard}",
+                "--num-cpus=2",
+                "--include-dashboard=true",
+                "--disable-usage-stats",
+                f"--temp-dir={temp}",
+                *node_port_flags(),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert start.returncode == 0, start.stdout + start.stderr
+
+        def agent_ready() -> bool:
+            # The head answers before its job agent is up ("No available agent to submit job").
+            probe = subprocess.run(
+                [f"{VENV_BIN}/ray", "job", "submit", "--address", head["address"], "--", "true"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            return probe.returncode == 0
+
+        wait_for(agent_ready, 180, "the head's job agent", poll=3)
+        yield head
+    finally:
+        stop_nodes(temp)
+        shutil.rmtree(temp, ignore_errors=True)

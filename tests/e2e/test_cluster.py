@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,9 +24,8 @@ from tests.e2e.ray_helpers import (
     assert_sweep_finished_once,
     free_port,
     kill_local_ray_of,
-    node_port_flags,
-    short_ray_temp,
     sweep_env,
+    token_head,
     trial_runs,
     wait_for,
 )
@@ -96,58 +95,10 @@ def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def ray_head():
+def ray_head() -> Iterator[dict]:
     """`ray start --head` on 127.0.0.1 with token authentication; stopped afterwards."""
-    temp = short_ray_temp()
-    token = secrets.token_hex(16)
-    dashboard = free_port()
-    env = {
-        **os.environ,
-        "RAY_AUTH_MODE": "token",
-        "RAY_AUTH_TOKEN": token,
-        "PATH": f"{VENV_BIN}:{os.environ['PATH']}",
-    }
-    start = subprocess.run(
-        [
-            f"{VENV_BIN}/ray",
-            "start",
-            "--head",
-            "--node-ip-address=127.0.0.1",
-            f"--port={free_port()}",
-            "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={dashboard}",
-            "--num-cpus=2",
-            "--include-dashboard=true",
-            "--disable-usage-stats",
-            f"--temp-dir={temp}",
-            *node_port_flags(),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert start.returncode == 0, start.stdout + start.stderr
-    address = f"http://127.0.0.1:{dashboard}"
-    try:
-        # The head answers before its job agent is up ("No available agent to submit job").
-        def agent_ready() -> bool:
-            probe = subprocess.run(
-                [f"{VENV_BIN}/ray", "job", "submit", "--address", address, "--", "true"],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
-            return probe.returncode == 0
-
-        wait_for(agent_ready, 180, "the head's job agent", poll=3)
-        yield {"address": address, "env": env, "token": token}
-    finally:
-        subprocess.run(
-            [f"{VENV_BIN}/ray", "stop", "--force"], env=env, capture_output=True, timeout=120
-        )
-        shutil.rmtree(temp, ignore_errors=True)
+    with token_head() as head:
+        yield head
 
 
 def job(ray_head: dict, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:

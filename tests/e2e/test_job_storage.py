@@ -5,18 +5,14 @@ the head is stopped and its temp folder deleted."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import secrets
 import shutil
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
 import pytest
 from mlflow import MlflowClient
 
@@ -26,89 +22,18 @@ from tests.e2e.ray_helpers import (
     VENV_BIN,
     all_runs,
     assert_sweep_finished_once,
-    free_port,
-    node_port_flags,
-    short_ray_temp,
-    wait_for,
+    stop_nodes,
+    token_head,
 )
 
 pytestmark = pytest.mark.slow
 
 
-def processes_of(temp: Path) -> list[psutil.Process]:
-    """The processes of the Ray node whose --temp-dir is `temp`, and their children."""
-    found: dict[int, psutil.Process] = {}
-    for process in psutil.process_iter(["cmdline"]):
-        if str(temp) in " ".join(process.info["cmdline"] or []):
-            found[process.pid] = process
-            with contextlib.suppress(psutil.NoSuchProcess):
-                found.update({c.pid: c for c in process.children(recursive=True)})
-    return list(found.values())
-
-
-def stop_head(temp: Path) -> None:
-    """Stop only the Ray head started with `temp` (other Rays on this machine live on)."""
-    processes = processes_of(temp)
-    for process in processes:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            process.send_signal(signal.SIGTERM)
-    _, alive = psutil.wait_procs(processes, timeout=20)
-    for process in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            process.kill()
-    psutil.wait_procs(alive, timeout=20)
-
-
 @pytest.fixture
 def own_head() -> Iterator[dict]:
     """A token-authenticated Ray head on 127.0.0.1 with a temp folder of its own."""
-    temp = short_ray_temp()
-    dashboard = free_port()
-    env = {
-        **os.environ,
-        "RAY_AUTH_MODE": "token",
-        "RAY_AUTH_TOKEN": secrets.token_hex(16),
-        "PATH": f"{VENV_BIN}:{os.environ['PATH']}",
-    }
-    head = {"address": f"http://127.0.0.1:{dashboard}", "env": env, "temp": temp}
-    try:
-        start = subprocess.run(
-            [
-                f"{VENV_BIN}/ray",
-                "start",
-                "--head",
-                "--node-ip-address=127.0.0.1",
-                f"--port={free_port()}",
-                "--dashboard-host=127.0.0.1",
-                f"--dashboard-port={dashboard}",
-                "--num-cpus=2",
-                "--include-dashboard=true",
-                "--disable-usage-stats",
-                f"--temp-dir={temp}",
-                *node_port_flags(),
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=180,
-        )
-        assert start.returncode == 0, start.stdout + start.stderr
-
-        def agent_ready() -> bool:
-            probe = subprocess.run(
-                [f"{VENV_BIN}/ray", "job", "submit", "--address", head["address"], "--", "true"],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
-            return probe.returncode == 0
-
-        wait_for(agent_ready, 180, "the head's job agent", poll=3)
+    with token_head() as head:
         yield head
-    finally:
-        stop_head(temp)
-        shutil.rmtree(temp, ignore_errors=True)
 
 
 def local_path(uri: str) -> Path:
@@ -179,7 +104,7 @@ def test_job_artifacts_and_results_outlive_the_ray_session(own_head: dict, tmp_p
     tune_experiment = Path(parent.data.tags["ftray.tune_experiment"])
     assert tune_experiment.parent == work / "ray_results", tune_experiment
 
-    stop_head(session)
+    stop_nodes(session)
     shutil.rmtree(session)
     assert list(model_folder.rglob("adapter_model.safetensors")), "the adapter is still there"
     assert list(artifacts.rglob("samples.json")) and list(artifacts.rglob("*.png"))

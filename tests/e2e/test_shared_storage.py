@@ -21,6 +21,7 @@ from tests.e2e.ray_helpers import (
     free_port,
     node_port_flags,
     short_ray_temp,
+    stop_nodes,
     trial_runs,
     wait_for,
 )
@@ -133,9 +134,7 @@ class TwoNodeCluster:
         }
 
     def stop(self) -> None:
-        subprocess.run(
-            [f"{VENV_BIN}/ray", "stop", "--force"], env=self.env, capture_output=True, timeout=120
-        )
+        stop_nodes(self.temp)
         shutil.rmtree(self.temp, ignore_errors=True)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import SPECS, run_cli, sqlite_store
+from tests.conftest import SPECS, ray_processes, run_cli, sqlite_store
 from tests.e2e.ray_helpers import free_port
 
 pytestmark = pytest.mark.slow
@@ -314,10 +314,7 @@ def test_bad_search_space_exits_2_before_ray_starts(
 
 def test_no_ray_left_running() -> None:
     # Every sweep above started its own local Ray; none may outlive its driver.
-    leftover = subprocess.run(
-        ["pgrep", "-f", "ray::|raylet|gcs_server"], capture_output=True, text=True
-    )
-    assert leftover.stdout.strip() == "" or os.environ.get("FTRAY_SHARED_RAY"), leftover.stdout
+    assert ray_processes() == ""
 
 
 def test_four_concurrent_trials_share_one_sqlite_tracking_store(tmp_path: Path) -> None:

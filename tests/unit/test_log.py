@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from ftray import __version__
@@ -109,3 +111,40 @@ def test_library_prints_become_debug_lines(capsys: pytest.CaptureFixture[str]) -
     with library_prints_to_debug():
         print("chatter")
     assert capsys.readouterr() == ("", "")
+
+
+def test_a_storage_guard_that_stops_the_sweep_keeps_rays_tracebacks_off_stderr(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Trials already on a node that cannot see the storage folder fail to save; once the
+    guard stops the sweep, Ray's tracebacks of them stay off stderr (ftray says why in one
+    line), and only then."""
+    import logging
+
+    from ftray.log import AFTER_STOP_CHATTER
+    from ftray.sweep import storage
+
+    configure(NORMAL)
+    for name in AFTER_STOP_CHATTER:
+        logging.getLogger(name).setLevel(logging.NOTSET)
+    monkeypatch.setattr(storage, "alive_nodes", lambda: {"head": "10.0.0.1", "new": "10.0.0.2"})
+    seen = {"head": True, "new": True}
+    monkeypatch.setattr(
+        storage.StorageMarker,
+        "views",
+        lambda self, nodes: [storage.NodeView(n, nodes[n], seen[n]) for n in nodes],
+    )
+    guard = storage.StorageGuard(str(tmp_path / "results"), known_nodes={"head"}, interval_s=0)
+    try:
+        assert guard.stop_all() is False
+        assert all(logging.getLogger(n).isEnabledFor(logging.ERROR) for n in AFTER_STOP_CHATTER)
+        seen["new"] = False
+        guard.known.discard("new")
+        assert guard.stop_all() is True
+        assert "is not visible from node 10.0.0.2" in guard.problem
+        assert not any(logging.getLogger(n).isEnabledFor(logging.ERROR) for n in AFTER_STOP_CHATTER)
+    finally:
+        guard.close()
+        storage.StorageGuard.problems.clear()
+        for name in AFTER_STOP_CHATTER:
+            logging.getLogger(name).setLevel(logging.NOTSET)
