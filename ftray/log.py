@@ -91,10 +91,15 @@ show (Ray's resume advice and slowness notes none: ftray prints its own resume c
 everything with --verbose."""
 
 
+def _verbose() -> bool:
+    """Whether ftray runs with --verbose (its logger shows debug lines)."""
+    return get_logger().getEffectiveLevel() <= logging.DEBUG
+
+
 def quiet_library_logs() -> None:
     """Keep library INFO chatter off stderr unless ftray is --verbose. Call it after the
     libraries are imported: MLflow and Optuna set their loggers' levels when imported."""
-    verbose = get_logger().getEffectiveLevel() <= logging.DEBUG
+    verbose = _verbose()
     # MLflow draws a progress bar on stderr for every artifact it downloads (spec.yaml, ...).
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # Python warnings (MLflow's advice on the type hints of the registered model's predict(),
@@ -119,7 +124,7 @@ that cannot see the storage folder), only repeat that reason as tracebacks."""
 def quiet_after_stop() -> None:
     """Keep the tracebacks of trials and syncs cut off by a sweep ftray stopped off stderr
     (debug lines with --verbose, which shows them as they are)."""
-    if get_logger().getEffectiveLevel() <= logging.DEBUG:
+    if _verbose():
         return
     for name in AFTER_STOP_CHATTER:
         logging.getLogger(name).setLevel(logging.CRITICAL)

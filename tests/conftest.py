@@ -30,21 +30,12 @@ def _tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
 def _ray_tmpdir() -> Iterator[Path]:
     """Ray's temp root (sessions, sockets, the current-cluster file) of this test process and
     the sweeps it starts: a folder of its own, so test processes running side by side
-    (pytest -n) never read each other's cluster file, and `ray_processes()` finds only this
-    process's Rays. Short: Ray's socket paths under it must stay below 108 bytes."""
+    (pytest -n) never read each other's cluster file, and `processes_of(RAY_TMPDIR)` finds
+    only this process's Rays. Short: Ray's socket paths under it must stay below 108 bytes."""
     folder = Path(tempfile.mkdtemp(prefix="ftray-rt-", dir="/tmp"))
     os.environ["RAY_TMPDIR"] = str(folder)
     yield folder
     shutil.rmtree(folder, ignore_errors=True)
-
-
-def ray_processes() -> str:
-    """`pgrep -af` lines of the Ray processes this test process's sweeps started (under its
-    RAY_TMPDIR); empty when none is running."""
-    found = subprocess.run(
-        ["pgrep", "-af", os.environ["RAY_TMPDIR"]], capture_output=True, text=True, check=False
-    )
-    return found.stdout.strip()
 
 
 def run_cli(

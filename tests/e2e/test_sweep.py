@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import SPECS, ray_processes, run_cli, sqlite_store
-from tests.e2e.ray_helpers import free_port
+from tests.conftest import SPECS, run_cli, sqlite_store
+from tests.e2e.ray_helpers import free_port, processes_of
 
 pytestmark = pytest.mark.slow
 
@@ -314,7 +314,8 @@ def test_bad_search_space_exits_2_before_ray_starts(
 
 def test_no_ray_left_running() -> None:
     # Every sweep above started its own local Ray; none may outlive its driver.
-    assert ray_processes() == ""
+    leftover = processes_of(Path(os.environ["RAY_TMPDIR"]))
+    assert leftover == [], [" ".join(p.cmdline()) for p in leftover]
 
 
 def test_four_concurrent_trials_share_one_sqlite_tracking_store(tmp_path: Path) -> None:
