@@ -86,9 +86,9 @@ def converter_dir() -> Path:
 
 def cache_dir() -> Path:
     """Where the llama.cpp tree of the pinned llama-cpp-python version is cached."""
-    from ftray.models.tiny import cache_root  # $FTRAY_CACHE_DIR/tiny, else ~/.cache/ftray/tiny
+    from ftray.models.tiny import ftray_cache  # $FTRAY_CACHE_DIR, else ~/.cache/ftray
 
-    return cache_root().parent / "llama.cpp" / LLAMA_CPP_PYTHON_VERSION
+    return ftray_cache() / "llama.cpp" / LLAMA_CPP_PYTHON_VERSION
 
 
 def convert(model_dir: Path, out_file: Path, quant: str) -> Path:

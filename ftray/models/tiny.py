@@ -98,9 +98,19 @@ VOCAB_SIZE = 1024
 LM_HEAD_STD = float(os.environ.get("FTRAY_TINY_HEAD_STD", "0.15"))
 
 
+def ftray_cache() -> Path:
+    """ftray's cache: $FTRAY_CACHE_DIR, else ~/.cache/ftray."""
+    return Path(os.environ.get("FTRAY_CACHE_DIR", Path.home() / ".cache" / "ftray"))
+
+
 def cache_root() -> Path:
-    """Where built tiny models live: $FTRAY_CACHE_DIR, else ~/.cache/ftray."""
-    return Path(os.environ.get("FTRAY_CACHE_DIR", Path.home() / ".cache" / "ftray")) / "tiny"
+    """Where built tiny models live: $FTRAY_CACHE_DIR/tiny, else ~/.cache/ftray/tiny."""
+    return ftray_cache() / "tiny"
+
+
+def checks_cache_root() -> Path:
+    """Where the outcomes of data checks that passed are kept (see training.lengths)."""
+    return ftray_cache() / "checks"
 
 
 def tiny_model_key(corpus: list[str]) -> str:
@@ -116,11 +126,17 @@ def tiny_model_key(corpus: list[str]) -> str:
     return digest.hexdigest()[:16]
 
 
+def tiny_model_built(corpus: list[str], cache_dir: Path | None = None) -> bool:
+    """Whether the tiny model for this corpus is already in the cache."""
+    target = (cache_dir or cache_root()) / tiny_model_key(corpus)
+    return (target / "config.json").exists() and (target / "tokenizer.json").exists()
+
+
 def build_tiny_model(corpus: list[str], cache_dir: Path | None = None) -> Path:
     """The folder of the tiny model for this corpus, building it on first use."""
     root = cache_dir or cache_root()
     target = root / tiny_model_key(corpus)
-    if (target / "config.json").exists() and (target / "tokenizer.json").exists():
+    if tiny_model_built(corpus, root):
         return target
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".building-", dir=root))

@@ -56,7 +56,7 @@ from ftray.tracking.tags import (
     TUNE_EXPERIMENT,
     TrialStatus,
 )
-from ftray.training.trial import check_answer_lengths_locally, prepare_base, quiet_libraries
+from ftray.training.trial import check_answer_lengths_locally, prepare_base
 
 RESULTS_DIR = "ray_results"
 log = get_logger()
@@ -169,6 +169,7 @@ def build_tuner(
 ) -> Any:
     """A fresh Tuner for the sweep; `watch` stops it when trials wait too long for resources."""
     from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     from ray.tune.stopper import CombinedStopper
 
     assert spec.search is not None
@@ -187,7 +188,9 @@ def build_tuner(
         run_config=tune.RunConfig(
             name=experiment_name,
             storage_path=tune_storage_path(spec),
-            callbacks=[callback, watch],
+            # Tune's per-trial result files, without its TensorBoard logger (run_sweep turns
+            # the default loggers off): TensorBoardX imports torch into the driver.
+            callbacks=[callback, watch, CSVLoggerCallback(), JsonLoggerCallback()],
             stop=CombinedStopper(stopper, watch) if stopper is not None else watch,
             # Two: a retried trial falls back to the older when the newer is corrupted.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
@@ -435,6 +438,9 @@ def run_sweep(
     # Tune's newer console output prints a configuration box and a TensorBoard hint to
     # stdout whatever `verbose` says; the classic reporter honours verbose=0.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Tune's default loggers include TensorBoard's, whose import pulls torch into this
+    # driver (seconds, for files nobody here reads); build_tuner adds the CSV and JSON ones.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     import mlflow
     import optuna  # noqa: F401  (imported before its logger's level is set, or it resets it)
     from mlflow import MlflowClient
@@ -444,7 +450,6 @@ def run_sweep(
     started = time.monotonic()
     label = spec.name if step_of is None else f"{spec.name} step {step_of.step}"
     log.info(f"preparing data and base model for {label}")
-    quiet_libraries()  # no progress bar while the tiny model is written
     base = prepare_base(spec, task)  # the tiny model is built once, here, not per trial
     # Rows that would train nothing in some trial: exit 2 now, not in every such trial.
     check_answer_lengths_locally(spec, task, base, shortest_seq_length(spec))

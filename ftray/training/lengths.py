@@ -4,6 +4,9 @@ row whose answer is cut away entirely trains nothing. Checked where the tokenize
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,9 +68,22 @@ def answer_spans(task: Task, row: Row, tokenizer: Any, max_length: int) -> list[
     return spans
 
 
-def check_answer_lengths(task: Task, tokenizer: Any, max_length: int) -> int:
-    """The number of data rows whose answer `max_length` cuts in part (logged as one
-    warning); InputError at every row where nothing of an answer survives."""
+# The files of a tokenizer folder that decide how text is tokenised and templated.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+
+
+def answer_length_findings(task: Task, tokenizer: Any, max_length: int) -> tuple[int, str | None]:
+    """The number of data rows whose answer `max_length` cuts in part, and the warning that
+    says so (None when no row is cut); InputError at every row where nothing of an answer
+    survives."""
     cut: dict[tuple[str, int], None] = {}
     lost: list[Problem] = []
     lost_rows: set[tuple[str, int]] = set()
@@ -88,12 +104,44 @@ def check_answer_lengths(task: Task, tokenizer: Any, max_length: int) -> int:
                 cut[(file, line)] = None
     if lost:
         raise InputError(lost[:MAX_REPORTED])
-    if cut:
-        total = len({(file, line) for file, line, _ in task.sourced_rows()})
-        (file, line), *_ = cut
-        get_logger().warning(
-            f"{len(cut)} of {total} rows of {Path(file).name} have their answer cut by "
-            f"model.max_seq_length {max_length} (the first at {file}:{line}); the cut tokens "
-            "are not trained: raise model.max_seq_length or shorten those rows"
-        )
-    return len(cut)
+    if not cut:
+        return 0, None
+    total = len({(file, line) for file, line, _ in task.sourced_rows()})
+    (file, line), *_ = cut
+    return len(cut), (
+        f"{len(cut)} of {total} rows of {Path(file).name} have their answer cut by "
+        f"model.max_seq_length {max_length} (the first at {file}:{line}); the cut tokens "
+        "are not trained: raise model.max_seq_length or shorten those rows"
+    )
+
+
+def check_answer_lengths(task: Task, tokenizer: Any, max_length: int) -> int:
+    """The number of data rows whose answer `max_length` cuts in part (logged as one
+    warning); InputError at every row where nothing of an answer survives."""
+    cut, warning = answer_length_findings(task, tokenizer, max_length)
+    if warning:
+        get_logger().warning(warning)
+    return cut
+
+
+def length_check_key(task: Task, tokenizer_folder: Path, max_length: int) -> str:
+    """A hash of everything the answer-length check's outcome depends on: the code that
+    renders and checks rows, the task's settings and rows (with their files and lines, which
+    its messages name), the tokenizer's files and the length."""
+    digest = hashlib.sha256()
+    for source in (inspect.getsourcefile(answer_spans), inspect.getsourcefile(type(task))):
+        digest.update(Path(source or "").read_bytes() if source else b"")
+    config = getattr(task, "config", None)
+    payload = {
+        "kind": f"{type(task).__module__}.{type(task).__qualname__}",
+        "config": repr(config),
+        "rows": task.sourced_rows(),
+        "max_length": max_length,
+    }
+    digest.update(json.dumps(payload, sort_keys=True, ensure_ascii=False, default=str).encode())
+    for name in TOKENIZER_FILES:
+        file = tokenizer_folder / name
+        digest.update(b"\0" + name.encode() + b"\0")
+        if file.is_file():
+            digest.update(file.read_bytes())
+    return digest.hexdigest()[:24]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 import warnings
@@ -19,10 +20,14 @@ from typing import Any
 from ftray.config.spec import TINY_MODEL, Spec
 from ftray.log import get_logger
 from ftray.models.backend import Backend, select_backend, wait_for_gpu_share
-from ftray.models.tiny import build_tiny_model
+from ftray.models.tiny import build_tiny_model, checks_cache_root, tiny_model_built
 from ftray.tasks import Task, load_task
 from ftray.training.checkpoint import EPOCH_SAMPLES, checkpoint_report, copy_adapter
-from ftray.training.lengths import check_answer_lengths
+from ftray.training.lengths import (
+    answer_length_findings,
+    check_answer_lengths,
+    length_check_key,
+)
 from ftray.training.report import EpochHook, EpochReport
 
 log = get_logger()
@@ -47,15 +52,36 @@ def quiet_libraries() -> None:
 def prepare_base(spec: Spec, task: Task) -> str:
     """The base model to load: the built `tiny` folder, or the spec's id/path as given."""
     if spec.model.base == TINY_MODEL:
-        return str(build_tiny_model(task.corpus()))
+        corpus = task.corpus()
+        if not tiny_model_built(corpus):
+            quiet_libraries()  # no progress bar while the tiny model is written
+        return str(build_tiny_model(corpus))
     return spec.model.base
 
 
 def check_answer_lengths_locally(spec: Spec, task: Task, base: str, max_length: int) -> None:
     """The answer-length check at `max_length` tokens before any model is loaded, when the
     base's tokenizer is a folder on this machine (the tiny model, a local path); trials
-    check it in any case."""
-    if not Path(base).is_dir():
+    check it in any case.
+
+    A check that passed is recorded under the cache's `checks/`, keyed by everything its
+    outcome depends on (`length_check_key`), so the same data, tokenizer and length are not
+    tokenised again (nor transformers imported) by the next sweep: its warning, if it gave
+    one, is repeated. A check that failed is not recorded."""
+    del spec
+    folder = Path(base)
+    if not folder.is_dir():
+        return
+    record = (
+        checks_cache_root() / f"answer-lengths-{length_check_key(task, folder, max_length)}.json"
+    )
+    try:
+        warning = json.loads(record.read_text(encoding="utf-8"))["warning"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    else:
+        if warning:
+            log.warning(warning)
         return
     from ftray.models.peft_backend import load_tokenizer
 
@@ -65,9 +91,18 @@ def check_answer_lengths_locally(spec: Spec, task: Task, base: str, max_length: 
     except (OSError, ValueError):
         return  # the trial loads it again and says what is wrong
     try:
-        check_answer_lengths(task, tokenizer, max_length)
+        _, warning = answer_length_findings(task, tokenizer, max_length)
     except ValueError:
         return  # the chat template cannot be split into turns: the trial says so
+    if warning:
+        log.warning(warning)
+    try:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        staging = record.with_name(f".{record.name}.{os.getpid()}")
+        staging.write_text(json.dumps({"warning": warning}), encoding="utf-8")
+        staging.replace(record)
+    except OSError:
+        pass  # a cache that cannot be written only costs the check next time
 
 
 def sft_config(spec: Spec, output_dir: Path) -> Any:

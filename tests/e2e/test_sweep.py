@@ -235,6 +235,16 @@ def test_secret_canary_is_nowhere(sweep: dict) -> None:
     assert any(Path(sweep["work"], "ray_results").rglob("result.json"))
 
 
+def test_tune_keeps_each_trials_results_and_writes_no_tensorboard_files(sweep: dict) -> None:
+    results = Path(sweep["work"], "ray_results")
+    trials = {path.parent for path in results.rglob("params.json")}
+    assert trials
+    for trial in trials:
+        assert (trial / "result.json").stat().st_size > 0, trial
+        assert (trial / "progress.csv").stat().st_size > 0, trial
+    assert not list(results.rglob("events.out.tfevents*"))
+
+
 def test_promote_command(sweep: dict) -> None:
     env = {"MLFLOW_TRACKING_URI": sweep["uri"]}
     result = run_cli(

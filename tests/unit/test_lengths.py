@@ -98,3 +98,35 @@ def test_answers_cut_in_part_are_counted_in_one_warning(
     assert "qa.jsonl:7" in warning
     assert check_answer_lengths(task, tokenizer, 4096) == 0
     assert len(said) == 1
+
+
+def test_a_length_check_that_passed_is_recorded_and_not_tokenised_again(
+    task_and_tokenizer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import ftray.models.peft_backend
+    from ftray.training.trial import check_answer_lengths_locally
+
+    spec, task, _, base = task_and_tokenizer
+    monkeypatch.setenv("FTRAY_CACHE_DIR", str(tmp_path))
+    said: list[str] = []
+    monkeypatch.setattr(logging.getLogger("ftray"), "warning", lambda message: said.append(message))
+    all_rows = task.sourced_rows()
+    monkeypatch.setattr(task, "sourced_rows", lambda: [r for r in all_rows if r[1] != 8])
+    check_answer_lengths_locally(spec, task, str(base), 64)
+    [record] = (tmp_path / "checks").iterdir()
+    [warning] = said
+
+    def tokenised(*args: Any) -> None:
+        raise AssertionError("tokenised again")
+
+    monkeypatch.setattr(ftray.models.peft_backend, "load_tokenizer", tokenised)
+    check_answer_lengths_locally(spec, task, str(base), 64)
+    assert said == [warning, warning], "the recorded check repeats its warning"
+    with pytest.raises(AssertionError, match="tokenised again"):
+        check_answer_lengths_locally(spec, task, str(base), 65)  # another length: checked
+
+    monkeypatch.undo()
+    monkeypatch.setenv("FTRAY_CACHE_DIR", str(tmp_path))
+    with pytest.raises(InputError):
+        check_answer_lengths_locally(spec, task, str(base), 64)  # line 8 is back: a new check
+    assert list((tmp_path / "checks").iterdir()) == [record], "a failed check is not recorded"
