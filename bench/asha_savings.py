@@ -7,11 +7,19 @@ Figure per seed: the training epochs each sweep spent until its best completed t
 objective came within 0.02 of the best the full-budget run (random + FIFO) found, counted
 from Tune's per-epoch results in time order (epochs of trials still running count too).
 
-    .venv/bin/python bench/asha_savings.py [--seeds 0 1 2 --trials 8 --epochs 4]
+`--prune` compares candidate ASHA settings against the same FIFO runs, each written
+METRIC[:GRACE[:REDUCTION]]: METRIC is `default` (the spec's own `search.prune`), `objective`
+(the spec's objective and mode) or a loss (`eval_loss`, min); GRACE and REDUCTION are
+`search.prune.grace_period` and `.reduction_factor` (default 1 and 2).
 
-Prints `asha_savings: <epochs(random+FIFO) / epochs(TPE+ASHA)>` last (median over seeds).
-With at most 10 trials Optuna's TPE samples its first 10 at random, so both sweeps see the
-same configurations and the figure is ASHA's alone.
+    .venv/bin/python bench/asha_savings.py [--seeds 0 1 2 --trials 8 --epochs 4]
+    .venv/bin/python bench/asha_savings.py --prune default eval_loss:2 objective
+
+Prints a table per candidate (median over seeds of the best-value gap to FIFO and of the
+share of FIFO's epochs) and `asha_savings: <epochs(random+FIFO) / epochs(TPE+ASHA)>` last,
+the median over seeds for the first candidate. With at most 10 trials Optuna's TPE samples
+its first 10 at random, so both sweeps see the same configurations and the figure is ASHA's
+alone.
 """
 
 from __future__ import annotations
@@ -24,15 +32,42 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 WITHIN = 0.02
+LOSSES = ("eval_loss", "train_loss")
+
+
+def prune_overrides(candidate: str, objective: str, mode: str) -> dict[str, Any]:
+    """The `--set` overrides of one `--prune` candidate."""
+    metric, *rest = candidate.split(":")
+    if len(rest) > 2:
+        raise SystemExit(f"--prune {candidate}: METRIC[:GRACE[:REDUCTION]]")
+    overrides: dict[str, Any] = {}
+    if metric == "objective":
+        overrides.update({"search.prune.metric": objective, "search.prune.mode": mode})
+    elif metric in LOSSES:
+        overrides.update({"search.prune.metric": metric, "search.prune.mode": "min"})
+    elif metric != "default":
+        raise SystemExit(f"--prune {candidate}: METRIC is default, objective or a loss")
+    if rest:
+        overrides["search.prune.grace_period"] = int(rest[0])
+    if len(rest) == 2:
+        overrides["search.prune.reduction_factor"] = float(rest[1])
+    return overrides
 
 
 def sweep(
-    spec: Path, work: Path, seed: int, trials: int, epochs: int, scheduler: str
+    spec: Path,
+    work: Path,
+    seed: int,
+    trials: int,
+    epochs: int,
+    scheduler: str,
+    extra: dict[str, Any] | None = None,
 ) -> list[dict]:
     """Run one sweep; every epoch's Tune result, each with its trial id, in time order."""
     overrides = {
@@ -41,6 +76,7 @@ def sweep(
         "train.epochs": epochs,
         "train.seed": seed,
         "storage.tune_path": str(work / "ray_results"),
+        **(extra or {}),
     }
     command = [sys.executable, "-m", "ftray", "sweep", str(spec)]
     for key, value in overrides.items():
@@ -71,22 +107,29 @@ def epochs_until(results: list[dict], epochs: int, objective: str, target: float
     return math.inf
 
 
-def one_seed(spec: Path, objective: str, seed: int, trials: int, epochs: int) -> dict[str, Any]:
-    runs = {}
-    for name, scheduler in (("fifo", "fifo"), ("asha", "asha")):
-        with tempfile.TemporaryDirectory(prefix="ftray-bench-asha-") as tmp:
-            runs[name] = sweep(spec, Path(tmp), seed, trials, epochs, scheduler)
-    full_best = best_completed(runs["fifo"], epochs, objective)
+def measure(
+    spec: Path, seed: int, trials: int, epochs: int, scheduler: str, extra: dict[str, Any]
+) -> tuple[list[dict], float]:
+    """One sweep in a fresh folder: its per-epoch results and its wall seconds."""
+    with tempfile.TemporaryDirectory(prefix="ftray-bench-asha-") as tmp:
+        started = time.monotonic()
+        results = sweep(spec, Path(tmp), seed, trials, epochs, scheduler, extra)
+        return results, time.monotonic() - started
+
+
+def compare(fifo: list[dict], asha: list[dict], epochs: int, objective: str) -> dict[str, Any]:
+    """One seed's ASHA run against its FIFO run."""
+    full_best = best_completed(fifo, epochs, objective)
     target = full_best - WITHIN
     spent = {
-        name: epochs_until(results, epochs, objective, target) for name, results in runs.items()
+        name: epochs_until(r, epochs, objective, target)
+        for name, r in (("fifo", fifo), ("asha", asha))
     }
     return {
-        "seed": seed,
         "full_best": full_best,
-        "asha_best": best_completed(runs["asha"], epochs, objective),
-        "fifo_epochs_total": len(runs["fifo"]),
-        "asha_epochs_total": len(runs["asha"]),
+        "asha_best": best_completed(asha, epochs, objective),
+        "fifo_epochs_total": len(fifo),
+        "asha_epochs_total": len(asha),
         "fifo_epochs": spent["fifo"],
         "asha_epochs": spent["asha"],
         "ratio": spent["fifo"] / spent["asha"] if spent["asha"] < math.inf else 0.0,
@@ -99,6 +142,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--prune", nargs="+", default=["default"], metavar="CANDIDATE")
     args = parser.parse_args()
 
     from ftray.config import load_spec
@@ -106,22 +150,42 @@ def main() -> None:
     search = load_spec(args.spec).search
     assert search is not None and search.primary.mode == "max", "a spec maximising one objective"
     objective = search.primary.metric
-    rows = [one_seed(args.spec, objective, seed, args.trials, args.epochs) for seed in args.seeds]
+    candidates = {c: prune_overrides(c, objective, search.primary.mode) for c in args.prune}
+    rows: dict[str, list[dict[str, Any]]] = {c: [] for c in candidates}
+    walls: dict[str, list[float]] = {"fifo": [], **{c: [] for c in candidates}}
+    for seed in args.seeds:
+        fifo, wall = measure(args.spec, seed, args.trials, args.epochs, "fifo", {})
+        walls["fifo"].append(wall)
+        for candidate, extra in candidates.items():
+            asha, wall = measure(args.spec, seed, args.trials, args.epochs, "asha", extra)
+            walls[candidate].append(wall)
+            rows[candidate].append({"seed": seed, **compare(fifo, asha, args.epochs, objective)})
+            print(f"seed {seed} {candidate}: {json.dumps(rows[candidate][-1])}", flush=True)
+
     print(
         f"{args.spec.name}, {args.trials} trials x {args.epochs} epochs, 2 at a time, objective "
-        f"{objective}; target = the FIFO run's best - {WITHIN}"
+        f"{objective}; target = the FIFO run's best - {WITHIN}; median FIFO wall "
+        f"{statistics.median(walls['fifo']):.0f} s"
     )
-    print("seed  best FIFO  best ASHA  epochs FIFO (to target/all)  epochs ASHA (to target/all)")
-    for r in rows:
-        print(
-            f"{r['seed']:<4}  {r['full_best']:<9.2f}  {r['asha_best']:<9.2f}  "
-            f"{r['fifo_epochs']:.0f}/{r['fifo_epochs_total']:<26}  "
-            f"{r['asha_epochs']:.0f}/{r['asha_epochs_total']}"
+    print(
+        "candidate             best gap  epochs/FIFO's  savings  wall  "
+        "(per seed: best FIFO/ASHA, epochs to target FIFO/ASHA, all FIFO/ASHA)"
+    )
+    for candidate, per_seed in rows.items():
+        gap = statistics.median(r["full_best"] - r["asha_best"] for r in per_seed)
+        share = statistics.median(r["asha_epochs_total"] / r["fifo_epochs_total"] for r in per_seed)
+        savings = statistics.median(r["ratio"] for r in per_seed)
+        seeds = "; ".join(
+            f"{r['full_best']:.2f}/{r['asha_best']:.2f} {r['fifo_epochs']:.0f}/{r['asha_epochs']:.0f} "
+            f"{r['fifo_epochs_total']}/{r['asha_epochs_total']}"
+            for r in per_seed
         )
-    best_gap = statistics.median(r["full_best"] - r["asha_best"] for r in rows)
-    share = statistics.median(r["asha_epochs_total"] / r["fifo_epochs_total"] for r in rows)
-    print(f"median best(FIFO) - best(ASHA): {best_gap:.3f}; ASHA's epochs / FIFO's: {share:.2f}")
-    print(f"asha_savings: {statistics.median(r['ratio'] for r in rows):.2f}")
+        print(
+            f"{candidate:<20}  {gap:<8.3f}  {share:<13.2f}  {savings:<7.2f}  "
+            f"{statistics.median(walls[candidate]):<4.0f}  {seeds}"
+        )
+    first = rows[args.prune[0]]
+    print(f"asha_savings: {statistics.median(r['ratio'] for r in first):.2f}")
 
 
 if __name__ == "__main__":
