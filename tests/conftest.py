@@ -22,8 +22,16 @@ os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 @pytest.fixture(scope="session", autouse=True)
 def _tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Build tiny models in a fresh cache, as CI would."""
-    os.environ["FTRAY_CACHE_DIR"] = str(tmp_path_factory.mktemp("ftray-cache"))
+    """Build tiny models in a fresh cache, as CI would: one per test run, shared by the test
+    processes of `pytest -n` (their temp folders share a parent), so each model is built and
+    each data check made once. The cache takes concurrent builds: each is renamed into place."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        folder = base.parent / "ftray-cache"
+        folder.mkdir(exist_ok=True)
+    else:
+        folder = tmp_path_factory.mktemp("ftray-cache")
+    os.environ["FTRAY_CACHE_DIR"] = str(folder)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -405,4 +405,6 @@ def test_a_trial_given_a_gpu_without_cuda_fails_at_once(tmp_path: Path) -> None:
     (run,) = trial_runs(uri)
     assert run.data.tags["ftray.trial_status"] == "failed"
     assert "epoch" not in run.data.metrics, "the trial must fail before training"
-    assert elapsed < 120, f"took {elapsed:.0f}s"
+    # Failing at once, not retried nor left waiting: unloaded this takes about 40 s, and a
+    # trial that waited for a device or was retried would run into run_cli's timeout.
+    assert elapsed < 300, f"took {elapsed:.0f}s"

@@ -228,7 +228,8 @@ def test_trials_waiting_for_resources_stop_the_sweep_after_pending_timeout(
     (error,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert error.startswith("error: no trial could start for "), result.stderr[-3000:]
     assert "search.pending_timeout = 5 s" in error and "GPU 1" in error
-    assert elapsed < 150, f"took {elapsed:.0f}s"
+    # Bounded by the pending timeout, not by run_cli's 300 s (loose: CI runs tests side by side).
+    assert elapsed < 240, f"took {elapsed:.0f}s"
     parent = sweep_parent(uri)
     assert parent.info.status == "FAILED"
     assert all(r.info.status != "RUNNING" for r in all_runs(uri))
