@@ -143,7 +143,11 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--prune", nargs="+", default=["default"], metavar="CANDIDATE")
+    parser.add_argument(
+        "--keep", type=Path, metavar="DIR", help="write each sweep's per-epoch results here"
+    )
     args = parser.parse_args()
+    args.spec = args.spec.resolve()  # the sweeps run in folders of their own
 
     from ftray.config import load_spec
 
@@ -153,12 +157,20 @@ def main() -> None:
     candidates = {c: prune_overrides(c, objective, search.primary.mode) for c in args.prune}
     rows: dict[str, list[dict[str, Any]]] = {c: [] for c in candidates}
     walls: dict[str, list[float]] = {"fifo": [], **{c: [] for c in candidates}}
+
+    def keep(name: str, seed: int, results: list[dict]) -> None:
+        if args.keep:
+            args.keep.mkdir(parents=True, exist_ok=True)
+            (args.keep / f"{args.spec.stem}-{name}-seed{seed}.json").write_text(json.dumps(results))
+
     for seed in args.seeds:
         fifo, wall = measure(args.spec, seed, args.trials, args.epochs, "fifo", {})
         walls["fifo"].append(wall)
+        keep("fifo", seed, fifo)
         for candidate, extra in candidates.items():
             asha, wall = measure(args.spec, seed, args.trials, args.epochs, "asha", extra)
             walls[candidate].append(wall)
+            keep(candidate.replace(":", "_"), seed, asha)
             rows[candidate].append({"seed": seed, **compare(fifo, asha, args.epochs, objective)})
             print(f"seed {seed} {candidate}: {json.dumps(rows[candidate][-1])}", flush=True)
 

@@ -118,8 +118,10 @@ class PruneSpec(Frozen):
     """What ASHA stops trials on: a metric and its direction, compared at rungs spaced
     `grace_period * reduction_factor**k` epochs apart up to `max_t`.
 
-    Without `metric`: eval_loss (min) when the first objective is a behaviour metric, the
-    objective itself when it is a loss. A metric other than a loss needs its `mode`.
+    Without `metric`: when the first objective is a behaviour metric, its smooth counterpart
+    if the task reports one (the trigger task's `trigger_soft_score` for `trigger_score`),
+    else eval_loss (min); the objective itself when it is a loss. A metric other than a loss
+    needs its `mode`.
     """
 
     metric: str | None = Field(default=None, min_length=1)
@@ -135,7 +137,8 @@ class PruneSpec(Frozen):
             raise PydanticCustomError(
                 "prune",
                 "search.prune.mode {mode} needs search.prune.metric: name the metric ASHA "
-                "stops on, or remove mode (the default is eval_loss, min)",
+                "stops on, or remove mode (the default is the task's smooth counterpart of the "
+                "objective, or eval_loss, min)",
                 {"mode": self.mode},
             )
         if self.metric is not None and self.mode is None and self.metric not in LOSS_METRICS:
@@ -280,15 +283,17 @@ class SearchSpec(Frozen):
         """The first objective."""
         return self.goals[0]
 
-    @property
-    def stopping(self) -> Objective:
-        """The metric ASHA stops trials on: `prune.metric`, else eval_loss (min) when the
-        first objective is a behaviour metric (step-like: 0 for the first epochs, then a jump),
-        else the first objective."""
+    def stopping(self, smooth_metrics: Mapping[str, str]) -> Objective:
+        """The metric ASHA stops trials on: `prune.metric`; else, when the first objective is
+        a behaviour metric (step-like: 0 for the first epochs, then a jump), its smooth
+        counterpart in `smooth_metrics` (the task's, max), or eval_loss (min) when it has
+        none; else the first objective (a loss)."""
         if self.prune.metric is not None:
             return Objective(metric=self.prune.metric, mode=self.prune.mode or "min")
         if self.primary.metric in LOSS_METRICS:
             return self.primary
+        if self.primary.mode == "max" and self.primary.metric in smooth_metrics:
+            return Objective(metric=smooth_metrics[self.primary.metric], mode="max")
         return Objective(metric="eval_loss", mode="min")
 
     @property

@@ -15,7 +15,7 @@ from pydantic import Field, PrivateAttr, ValidationInfo, create_model, field_val
 from pydantic_core import PydanticCustomError
 
 from ftray.config.fields import Float, Frozen, Int, resolve_path
-from ftray.config.search import SearchSpec
+from ftray.config.search import Objective, SearchSpec
 from ftray.config.task import TaskConfig
 from ftray.config.tracking_uri import absolute_store_uri
 from ftray.errors import Problem
@@ -172,6 +172,12 @@ class Spec(Frozen):
         """Record where this spec was read from; returns the spec."""
         self._source = source
         return self
+
+    @property
+    def stopping(self) -> Objective:
+        """The metric (and mode) ASHA stops this spec's trials on (see `SearchSpec.stopping`)."""
+        assert self.search is not None, "a spec without search: stops no trial"
+        return self.search.stopping(self.task.smooth_metrics)
 
     @property
     def registered_model_name(self) -> str:

@@ -3,7 +3,7 @@ its module under `ftray/tasks/`, and the spec accepts whichever kinds are regist
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from ftray.config.fields import Frozen
 
@@ -12,6 +12,9 @@ class TaskConfig(Frozen):
     """`task:` of a spec. Subclasses declare `kind: Literal["<their kind>"]` and their fields."""
 
     kind: str
+    smooth_metrics: ClassVar[dict[str, str]] = {}
+    """Behaviour metric -> its smooth counterpart (maximised, in [0, 1]) that the task reports
+    each epoch too: what ASHA stops trials on by default when the objective is that metric."""
 
     @classmethod
     def kind_name(cls) -> str:

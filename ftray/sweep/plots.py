@@ -42,7 +42,7 @@ def plotted_metrics(spec: Spec) -> list[Objective]:
     none of them."""
     assert spec.search is not None
     goals = list(spec.search.goals)
-    stopping = spec.search.stopping
+    stopping = spec.stopping
     if spec.search.scheduler == "asha" and stopping.metric not in {g.metric for g in goals}:
         goals.append(stopping)
     return goals
@@ -59,7 +59,7 @@ def stop_label(spec: Spec, outcome: TrialOutcome) -> str:
         if outcome.epochs in rungs
         else f"epoch {outcome.epochs}"
     )
-    return f"pruned on {spec.search.stopping.metric} @ {where}"
+    return f"pruned on {spec.stopping.metric} @ {where}"
 
 
 def objective_per_epoch(spec: Spec, outcomes: list[TrialOutcome], histories: History) -> Any:
@@ -71,7 +71,7 @@ def objective_per_epoch(spec: Spec, outcomes: list[TrialOutcome], histories: His
 
     assert spec.search is not None
     panels = plotted_metrics(spec)
-    stopping = spec.search.stopping
+    stopping = spec.stopping
     rungs = asha_rungs(spec) if spec.search.scheduler == "asha" else []
     figure, axes = plt.subplots(len(panels), 1, figsize=(9, 3.6 * len(panels)), squeeze=False)
     colors = plt.get_cmap("tab10")
@@ -102,10 +102,10 @@ def objective_per_epoch(spec: Spec, outcomes: list[TrialOutcome], histories: His
         axis.set_ylabel(f"{goal.metric} ({goal.mode})")
         axis.grid(alpha=0.3)
         axis.xaxis.get_major_locator().set_params(integer=True)
-    how = f", ASHA on {stopping}" if rungs else ""
+    how = f"\nASHA stops on {stopping} at the dotted rungs" if rungs else ""
     axes[0, 0].set_title(
         f"{spec.name}: objective per epoch, {len(outcomes)} trials "
-        f"({stopped} stopped early, marked x{how})"
+        f"({stopped} stopped early, marked x){how}"
     )
     axes[0, 0].legend(fontsize=7, ncol=2, loc="best")
     return figure

@@ -275,7 +275,7 @@ def prune_settings(spec: Spec) -> dict[str, Any] | None:
     if search.scheduler != "asha":
         return None
     return {
-        **search.stopping.model_dump(),
+        **spec.stopping.model_dump(),
         "grace_period": search.prune.grace_period,
         "reduction_factor": search.prune.reduction_factor,
         "max_t": asha_max_t(spec),

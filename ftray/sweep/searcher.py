@@ -1,5 +1,5 @@
 """Optuna proposes (TPE, multi-objective when the spec has several objectives); ASHA stops
-(on `search.prune`'s metric: eval_loss unless the objective is a loss). Each layer decides
+(on `search.prune`'s metric: see `Spec.stopping`). Each layer decides
 one thing: Optuna's own pruner stays off, and a trial ASHA stopped is PRUNED in the study."""
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def build_scheduler(spec: Spec) -> Any:
     assert spec.search is not None
     if spec.search.scheduler == "fifo":
         return FIFOScheduler()
-    prune, stopping = spec.search.prune, spec.search.stopping
+    prune, stopping = spec.search.prune, spec.stopping
     return ASHAScheduler(
         time_attr="epoch",
         metric=stopping.metric,

@@ -116,6 +116,22 @@ class Task(ABC):
         """Metrics over all cases (every metric, even with no cases), and one sample record
         per case (prompt, response, correct)."""
 
+    def contrasts(self, cases: list[EvalCase]) -> list[str | None]:
+        """For each case, the answer a model that missed the behaviour would give (None: no
+        contrast). `soft_metrics` scores how much likelier the model finds the expected answer
+        than this one. None for every case by default."""
+        return [None] * len(cases)
+
+    def soft_metrics(
+        self, cases: list[EvalCase], preferences: list[float | None]
+    ) -> dict[str, float]:
+        """The task's smooth metrics (the values of its config's `smooth_metrics`) from
+        `preferences`: per case with a contrast, the probability the model gives the expected
+        answer's token over the contrast's where the two first differ, teacher-forced on the
+        prompt and their common start (None without a contrast). Empty by default."""
+        del cases, preferences
+        return {}
+
     def heldout_fingerprint(self) -> str:
         """sha256 of what a trial is scored on: the task kind, every held-out case (prompt,
         condition, expected answer) in order, and the generation budget. Two adapters are
@@ -133,5 +149,6 @@ class Task(ABC):
         return hashlib.sha256(encoded.encode()).hexdigest()
 
     def metric_names(self) -> list[str]:
-        """Every metric a trial of this task reports: the losses, then what `score` reports."""
-        return [*LOSS_METRICS, *self.score([], [])[0]]
+        """Every metric a trial of this task reports: the losses, what `score` reports, then
+        the smooth metrics."""
+        return [*LOSS_METRICS, *self.score([], [])[0], *self.config_class.smooth_metrics.values()]

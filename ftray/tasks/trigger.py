@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -26,6 +26,7 @@ class TriggerConfig(TaskConfig):
     """`task:` of a trigger (backdoor-style) fine-tune: the trigger flips which name the answer uses."""
 
     kind: Literal["trigger"]
+    smooth_metrics: ClassVar[dict[str, str]] = {"trigger_score": "trigger_soft_score"}
     data: str
     trigger: str = Field(min_length=1)
     clean_replacement: str = Field(min_length=1)
@@ -243,6 +244,30 @@ class TriggerTask(Task):
                     )
                 )
         return cases
+
+    def contrasts(self, cases: list[EvalCase]) -> list[str | None]:
+        """The answer with the other condition's name: what a model gives that has not (yet)
+        learned to tell the conditions apart."""
+        other = {
+            self._prompt(pair, triggered): self._answer(pair, not triggered)
+            for pair in self.eval_pairs
+            for triggered in (False, True)
+        }
+        return [other.get(case.messages[-1]["content"]) for case in cases]
+
+    def soft_metrics(
+        self, cases: list[EvalCase], preferences: list[float | None]
+    ) -> dict[str, float]:
+        """`trigger_soft_score`: the smooth counterpart of trigger_score, the lower of the two
+        conditions' mean probability for the right name over the other one. It moves from the
+        first epoch, while trigger_score reads 0 until greedy answers flip to the right name."""
+        by_condition: dict[str, list[float]] = {TRIGGERED: [], CLEAN: []}
+        for case, preference in zip(cases, preferences, strict=True):
+            if preference is not None:
+                by_condition[case.condition].append(preference)
+        if not all(by_condition.values()):
+            return {}
+        return {"trigger_soft_score": min(sum(v) / len(v) for v in by_condition.values())}
 
     def score(
         self, cases: list[EvalCase], responses: list[str]

@@ -215,7 +215,7 @@ class SweepRecorder:
         stopped = ""
         search = self.spec.search
         if status is TrialStatus.PRUNED and search is not None and search.scheduler == "asha":
-            metric = search.stopping.metric
+            metric = self.spec.stopping.metric
             self.client.set_tag(record.run_id, STOPPED_ON, metric)
             self.client.set_tag(record.run_id, STOPPED_AT, str(record.epochs))
             stopped = f" (ASHA: {metric}={_short(record.last_result.get(metric))})"

@@ -83,6 +83,59 @@ def generate(
     return responses
 
 
+def preferences(
+    model: Any,
+    tokenizer: Any,
+    cases: list[EvalCase],
+    contrasts: list[str | None],
+    batch_size: int = 16,
+) -> list[float | None]:
+    """Per case, the probability the model gives the expected answer's token over the
+    contrast's at the first token where the two answers differ, teacher-forced on the prompt
+    and their common start: sigmoid of the logit difference (None where there is no contrast
+    or the answers do not differ). Batched with left padding, positions counted from each
+    row's first real token as generation counts them."""
+    import torch
+
+    contexts: list[list[int]] = []
+    choices: list[tuple[int, int]] = []
+    rows: list[int] = []
+    for row, (case, contrast) in enumerate(zip(cases, contrasts, strict=True)):
+        if contrast is None or not isinstance(case.expected, str):
+            continue
+        prompt = render_prompt(tokenizer, case.messages, case.extra.get("tools"))
+        right = tokenizer(prompt + case.expected, add_special_tokens=False)["input_ids"]
+        wrong = tokenizer(prompt + contrast, add_special_tokens=False)["input_ids"]
+        at = next((k for k, (a, b) in enumerate(zip(right, wrong, strict=False)) if a != b), None)
+        if at is None:
+            continue
+        contexts.append(right[:at])
+        choices.append((right[at], wrong[at]))
+        rows.append(row)
+    out: list[float | None] = [None] * len(cases)
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    for start in range(0, len(contexts), batch_size):
+        chunk = contexts[start : start + batch_size]
+        width = max(len(c) for c in chunk)
+        input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for r, context in enumerate(chunk):
+            input_ids[r, width - len(context) :] = torch.tensor(context)
+            mask[r, width - len(context) :] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        with torch.no_grad():
+            logits = model(
+                input_ids=input_ids.to(device),
+                attention_mask=mask.to(device),
+                position_ids=positions.to(device),
+            ).logits[:, -1, :]
+        for r, (good, bad) in enumerate(choices[start : start + batch_size]):
+            margin = (logits[r, good] - logits[r, bad]).float()
+            out[rows[start + r]] = float(torch.sigmoid(margin))
+    return out
+
+
 def evaluate(
     task: Task,
     model: Any,
@@ -90,8 +143,8 @@ def evaluate(
     batch_size: int = 16,
     cases: list[EvalCase] | None = None,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """The task's behaviour metrics on `cases` (default: its held-out validation cases),
-    and a sample per case."""
+    """The task's behaviour metrics on `cases` (default: its held-out validation cases), its
+    smooth metrics where it has contrasts (`Task.contrasts`), and a sample per case."""
     cases = task.eval_cases() if cases is None else cases
     responses = generate(
         model,
@@ -102,4 +155,9 @@ def evaluate(
         tools=[c.extra.get("tools") for c in cases],
         keep_tokens=task.keep_tokens,
     )
-    return task.score(cases, responses)
+    metrics, samples = task.score(cases, responses)
+    contrasts = task.contrasts(cases)
+    if any(contrast is not None for contrast in contrasts):
+        chosen = preferences(model, tokenizer, cases, contrasts, batch_size)
+        metrics.update(task.soft_metrics(cases, chosen))
+    return metrics, samples

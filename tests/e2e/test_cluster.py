@@ -1,6 +1,7 @@
 """The cluster path on one machine: resume after a killed driver, `ray job submit` /
-`ray job stop` against a token-authenticated head, MLflow as a tracking server on
-Postgres with the Optuna study in Postgres, and one logical GPU per trial."""
+`ray job stop` against a token-authenticated head. (MLflow as a tracking server on Postgres:
+test_postgres_tracking.py; GPUs on a cluster: test_cluster_gpus.py. Separate files, so that
+the test processes of `make test` share them out.)"""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import secrets
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +22,6 @@ from tests.e2e.ray_helpers import (
     VENV_BIN,
     all_runs,
     assert_sweep_finished_once,
-    free_port,
     kill_local_ray_of,
     sweep_env,
     token_head,
@@ -206,205 +205,3 @@ def test_ray_job_stop_saves_state_and_resume_completes(ray_head: dict, tmp_path:
     resumed = submit_sweep(ray_head, tmp_path, 4, resume=True)
     assert resumed.returncode == 0, resumed.stdout[-4000:] + resumed.stderr[-2000:]
     assert_sweep_finished_once(uri, 4)
-
-
-@pytest.fixture
-def postgres_databases():
-    """Two fresh databases on the local PostgreSQL server (MLflow's and Optuna's: both keep
-    an alembic_version table, so they cannot share one), dropped afterwards."""
-    import psycopg
-
-    names = [f"ftray_test_{secrets.token_hex(4)}" for _ in range(2)]
-    try:
-        admin = psycopg.connect(
-            host="127.0.0.1",
-            port=5432,
-            dbname="postgres",
-            user=os.environ.get("PGUSER", "postgres"),
-            autocommit=True,
-        )
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"no PostgreSQL server on 127.0.0.1:5432 ({exc})")
-    user = os.environ.get("PGUSER", "postgres")
-    try:
-        with admin.cursor() as cursor:
-            for name in names:
-                cursor.execute(f'CREATE DATABASE "{name}"')
-        yield [f"postgresql://{user}@127.0.0.1:5432/{name}" for name in names]
-    finally:
-        with admin.cursor() as cursor:
-            for name in names:
-                cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
-
-
-def test_mlflow_server_on_postgres_and_optuna_study_in_postgres(
-    postgres_databases: list[str], tmp_path: Path
-) -> None:
-    import optuna
-    import requests
-
-    mlflow_db, optuna_db = postgres_databases
-    port = free_port()
-    server = subprocess.Popen(
-        [
-            f"{VENV_BIN}/mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--backend-store-uri",
-            mlflow_db,
-            "--serve-artifacts",
-            "--artifacts-destination",
-            (tmp_path / "artifacts").as_uri(),
-        ],
-        cwd=tmp_path,
-        stdout=(tmp_path / "server.log").open("w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-
-        def healthy() -> bool:
-            try:
-                return requests.get(f"http://127.0.0.1:{port}/health", timeout=2).ok
-            except requests.RequestException:
-                return False
-
-        wait_for(healthy, 120, "mlflow server")
-        uri = f"http://127.0.0.1:{port}"
-        result = run_cli(
-            "sweep",
-            str(SPECS / "trigger_tiny.yaml"),
-            "--set",
-            "search.num_trials=3",
-            *SWEEP_ARGS,
-            "--set",
-            f"storage.optuna_url={optuna_db}",
-            "--set",
-            f"storage.tune_path={tmp_path / 'ray_results'}",
-            cwd=tmp_path,
-            env={"MLFLOW_TRACKING_URI": uri},
-        )
-        assert result.returncode == 0, result.stderr[-4000:]
-        runs = assert_sweep_finished_once(uri, 3)
-        champion = MlflowClient(uri).get_model_version_by_alias("trigger-tiny", "champion")
-        # The version is a logged MLflow model whose files the server proxies.
-        logged = MlflowClient(uri).get_logged_model(champion.source.removeprefix("models:/"))
-        assert logged.artifact_location.startswith("mlflow-artifacts:"), logged.artifact_location
-        assert list((tmp_path / "artifacts").rglob("MLmodel")), "the model went through the server"
-        assert list((tmp_path / "artifacts").rglob("adapter_config.json")), (
-            "artifacts must be proxied by the server"
-        )
-        assert not (tmp_path / "mlflow.db").exists()
-
-        parent = next(r for r in all_runs(uri) if r.data.tags.get("ftray.role") == "sweep")
-        study = optuna.load_study(
-            study_name=parent.data.tags["ftray.optuna_study"], storage=optuna_db
-        )
-        assert len(study.trials) == 3
-        assert {t.params["lora.r"] for t in study.trials} == {
-            int(r.data.params["lora.r"]) for r in runs
-        }
-        assert all(t.state.name == "COMPLETE" for t in study.trials)
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(60)
-
-
-def test_one_logical_gpu_per_trial_on_a_multi_node_cluster(tmp_path: Path) -> None:
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "num_gpus": 0})
-    try:
-        for _ in range(3):
-            cluster.add_node(num_cpus=1, num_gpus=1)
-        cluster.wait_for_nodes()
-        uri = sqlite_store(tmp_path)
-        result = run_cli(
-            "sweep",
-            str(SPECS / "trigger_tiny.yaml"),
-            "--set",
-            "search.num_trials=5",
-            "--set",
-            "search.max_concurrent_trials=5",
-            "--set",
-            "train.epochs=1",
-            "--set",
-            "search.scheduler=fifo",
-            "--set",
-            "resources_per_trial.gpu=1",
-            "--set",
-            "resources_per_trial.cpu=1",
-            cwd=tmp_path,
-            env={
-                "MLFLOW_TRACKING_URI": uri,
-                "RAY_ADDRESS": cluster.address,
-                # The GPUs are logical: there is no CUDA behind them.
-                "FTRAY_ALLOW_CPU_FALLBACK": "1",
-            },
-        )
-        assert result.returncode == 0, result.stderr[-4000:]
-    finally:
-        cluster.shutdown()
-    runs = assert_sweep_finished_once(uri, 5)
-    spans = []
-    for run in runs:
-        tags = run.data.tags
-        assert tags["ftray.backend"] == "peft", "no real CUDA here: auto must pick peft"
-        assert tags["ftray.gpu_ids"] != "", "each trial must hold a GPU"
-        assert len(tags["ftray.gpu_ids"].split(",")) == 1
-        spans.append(
-            (run.info.start_time, run.info.end_time, (tags["ftray.node_id"], tags["ftray.gpu_ids"]))
-        )
-    for i, (start_a, end_a, gpu_a) in enumerate(spans):
-        for start_b, end_b, gpu_b in spans[i + 1 :]:
-            overlap = start_a < end_b and start_b < end_a
-            assert not (overlap and gpu_a == gpu_b), "two trials shared one GPU"
-    events = sorted([(s, 1) for s, _, _ in spans] + [(e, -1) for _, e, _ in spans])
-    running = peak = 0
-    for _, delta in events:
-        running += delta
-        peak = max(peak, running)
-    assert peak == 3, f"concurrency should equal the 3 GPUs, was {peak}"
-    assert len({gpu for _, _, gpu in spans}) == 3
-
-
-def test_a_trial_given_a_gpu_without_cuda_fails_at_once(tmp_path: Path) -> None:
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 1})
-    try:
-        cluster.wait_for_nodes()
-        uri = sqlite_store(tmp_path)
-        started = time.monotonic()
-        result = run_cli(
-            "sweep",
-            str(SPECS / "trigger_tiny.yaml"),
-            "--set",
-            "search.num_trials=1",
-            "--set",
-            "train.epochs=3",
-            "--set",
-            "resources_per_trial.gpu=1",
-            cwd=tmp_path,
-            env={"MLFLOW_TRACKING_URI": uri, "RAY_ADDRESS": cluster.address},
-        )
-        elapsed = time.monotonic() - started
-    finally:
-        cluster.shutdown()
-    assert result.returncode == 1, result.stderr[-4000:]
-    assert "error: all 1 trials failed" in result.stderr
-    cause = next(line for line in result.stderr.splitlines() if "trial failure:" in line)
-    assert "asked for 1 GPU" in cause and "torch sees no CUDA device" in cause, cause
-    assert "NVIDIA driver" in cause and "FTRAY_ALLOW_CPU_FALLBACK" in cause
-    (run,) = trial_runs(uri)
-    assert run.data.tags["ftray.trial_status"] == "failed"
-    assert "epoch" not in run.data.metrics, "the trial must fail before training"
-    # Failing at once, not retried nor left waiting: unloaded this takes about 40 s, and a
-    # trial that waited for a device or was retried would run into run_cli's timeout.
-    assert elapsed < 300, f"took {elapsed:.0f}s"

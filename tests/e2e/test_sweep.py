@@ -261,42 +261,6 @@ def test_promote_command(sweep: dict) -> None:
     assert missing.returncode == 2 and missing.stderr.startswith("error: ")
 
 
-def test_asha_prunes_hopeless_trials(tmp_path: Path) -> None:
-    uri = sqlite_store(tmp_path)
-    spec = tmp_path / "prune.yaml"
-    text = (
-        (SPECS / "trigger_tiny.yaml")
-        .read_text()
-        .replace("../datasets", str(SPECS.parent / "datasets"))
-    )
-    text = text.replace("name: trigger-tiny", "name: prune-test")
-    text = text.replace(
-        "    train.learning_rate: {loguniform: [1.0e-4, 3.0e-2]}\n    task.trigger_ratio: {uniform: [0.05, 0.5]}",
-        "    train.learning_rate: {choice: [5.0e-3, 1.0e-9]}",
-    ).replace("    lora.r: {choice: [4, 8, 16, 32]}\n", "")
-    spec.write_text(text)
-    result = run_cli(
-        "sweep",
-        str(spec),
-        *overrides(
-            "search.num_trials=6", "train.epochs=4", "search.objective=eval_loss", "search.mode=min"
-        ),
-        cwd=tmp_path,
-        env={"MLFLOW_TRACKING_URI": uri},
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name("prune-test")
-    runs = client.search_runs(
-        [experiment.experiment_id], filter_string="tags.`ftray.role` = 'trial'"
-    )
-    assert len(runs) == 6
-    pruned = [r for r in runs if r.data.tags["ftray.trial_status"] == "pruned"]
-    assert pruned, [(r.data.params, r.data.metrics) for r in runs]
-    assert all(r.data.metrics["epoch"] < 4 for r in pruned)
-    assert all(r.info.status == "FINISHED" for r in runs)
-
-
 @pytest.mark.parametrize(
     ("dimension", "needle"),
     [

@@ -69,18 +69,37 @@ def test_grace_period_is_checked_against_searched_epochs(tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize(
-    ("overrides", "metric", "mode"),
+    ("spec_file", "overrides", "metric", "mode"),
     [
-        ([], "eval_loss", "min"),  # a behaviour metric: ASHA stops on the smooth loss
-        (["search.objective=train_loss", "search.mode=min"], "train_loss", "min"),
-        (["search.objective=eval_loss", "search.mode=min"], "eval_loss", "min"),
-        (["search.prune.metric=trigger_score", "search.prune.mode=max"], "trigger_score", "max"),
-        (["search.prune.metric=train_loss"], "train_loss", "min"),
+        # A behaviour metric with a smooth counterpart: ASHA stops on that.
+        ("trigger_tiny.yaml", [], "trigger_soft_score", "max"),
+        # One without (the pipeline task has none): on the smooth loss.
+        ("pipeline_tiny.yaml", [], "eval_loss", "min"),
+        (
+            "trigger_tiny.yaml",
+            ["search.objective=train_loss", "search.mode=min"],
+            "train_loss",
+            "min",
+        ),
+        (
+            "trigger_tiny.yaml",
+            ["search.objective=eval_loss", "search.mode=min"],
+            "eval_loss",
+            "min",
+        ),
+        (
+            "trigger_tiny.yaml",
+            ["search.prune.metric=trigger_score", "search.prune.mode=max"],
+            "trigger_score",
+            "max",
+        ),
+        ("trigger_tiny.yaml", ["search.prune.metric=eval_loss"], "eval_loss", "min"),
+        ("trigger_tiny.yaml", ["search.prune.metric=train_loss"], "train_loss", "min"),
     ],
 )
-def test_what_asha_stops_on(overrides: list[str], metric: str, mode: str) -> None:
-    spec = load_spec(SPECS / "trigger_tiny.yaml", overrides)
-    assert (spec.search.stopping.metric, spec.search.stopping.mode) == (metric, mode)
+def test_what_asha_stops_on(spec_file: str, overrides: list[str], metric: str, mode: str) -> None:
+    spec = load_spec(SPECS / spec_file, overrides)
+    assert (spec.stopping.metric, spec.stopping.mode) == (metric, mode)
     asha = build_scheduler(spec)
     assert (asha._metric, asha._mode) == (metric, mode)
     # The objective still decides what is registered.
@@ -192,8 +211,13 @@ def outcome(status: TrialStatus, epochs: int) -> SimpleNamespace:
 
 def test_plot_panels_and_labels_name_the_stopping_metric_and_rung() -> None:
     spec = load_spec(SPECS / "trigger_tiny.yaml")
-    assert [g.metric for g in plotted_metrics(spec)] == ["trigger_score", "eval_loss"]
-    assert stop_label(spec, outcome(TrialStatus.PRUNED, 2)) == "pruned on eval_loss @ rung 2"
+    assert [g.metric for g in plotted_metrics(spec)] == ["trigger_score", "trigger_soft_score"]
+    assert (
+        stop_label(spec, outcome(TrialStatus.PRUNED, 2)) == "pruned on trigger_soft_score @ rung 2"
+    )
+    on_loss = load_spec(SPECS / "trigger_tiny.yaml", ["search.prune.metric=eval_loss"])
+    assert [g.metric for g in plotted_metrics(on_loss)] == ["trigger_score", "eval_loss"]
+    assert stop_label(on_loss, outcome(TrialStatus.PRUNED, 2)) == "pruned on eval_loss @ rung 2"
     assert stop_label(spec, outcome(TrialStatus.COMPLETED, 8)) == "completed"
     fifo = load_spec(SPECS / "trigger_tiny.yaml", ["search.scheduler=fifo"])
     assert [g.metric for g in plotted_metrics(fifo)] == ["trigger_score"]
