@@ -216,3 +216,20 @@ def sweep_to_continue(
         raise NothingToResume(last.info.run_id)
     check_resume_spec(spec, task, client, last)
     return last
+
+
+def with_recorded_stopping(spec: Spec, parent: Any) -> Spec:
+    """`spec` with the metric ASHA stops on set to the one the sweep recorded, where this
+    ftray's default would pick another (a sweep started by an older ftray resumes with the
+    scheduler Tune saved: its runs, plots and log must name that scheduler's metric)."""
+    params = parent.data.params
+    metric, mode = params.get("search.prune.metric"), params.get("search.prune.mode")
+    if spec.search is None or spec.search.scheduler != "asha" or not metric or not mode:
+        return spec
+    if (spec.stopping.metric, spec.stopping.mode) == (metric, mode):
+        return spec
+    log.info(
+        f"ASHA stops on {mode} {metric}, as this sweep recorded it "
+        f"(without a recorded choice it would stop on {spec.stopping})"
+    )
+    return spec.with_values({"search.prune.metric": metric, "search.prune.mode": mode})

@@ -19,7 +19,7 @@ from ftray.sweep.objectives import TrialOutcome, choose_winner, pareto_front, ra
 from ftray.sweep.pending import PendingTimeout, PendingWatch, trial_resources, warn_if_unavailable
 from ftray.sweep.ray_session import init_ray
 from ftray.sweep.register import register_winner
-from ftray.sweep.resume import SPEC_ARTIFACT, sweep_to_continue
+from ftray.sweep.resume import SPEC_ARTIFACT, sweep_to_continue, with_recorded_stopping
 from ftray.sweep.searcher import build_scheduler, build_searcher
 from ftray.sweep.space import asha_max_t, asha_rungs, shortest_seq_length
 from ftray.sweep.storage import StorageGuard, guard_shared_storage, storage_problem
@@ -463,6 +463,8 @@ def run_sweep(
     client = MlflowClient(uri)
     # Which sweep this is, and whether --resume may continue it: bad input before Ray starts.
     resumed = sweep_to_continue(spec, task, client, uri, resume, new, step_of)
+    if resumed is not None:
+        spec = with_recorded_stopping(spec, resumed)
 
     mark = time.monotonic()
     init_ray()

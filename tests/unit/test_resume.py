@@ -165,3 +165,24 @@ def test_sweep_says_in_one_line_how_to_resume_an_unfinished_sweep(
     errors = [line for line in changed.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 2, errors
     assert "search.num_trials is 8 but" in errors[0] and "train.epochs is 2 but" in errors[1]
+
+
+def test_a_resumed_sweep_keeps_the_stopping_metric_it_recorded() -> None:
+    from types import SimpleNamespace
+
+    from ftray.sweep.resume import with_recorded_stopping
+
+    def parent(**params: str) -> SimpleNamespace:
+        return SimpleNamespace(data=SimpleNamespace(params=params))
+
+    spec = load_spec(SPECS / "trigger_tiny.yaml")
+    assert spec.stopping.metric == "trigger_soft_score"
+    # Recorded by an ftray whose default was eval_loss: Tune restores that scheduler.
+    older = with_recorded_stopping(
+        spec, parent(**{"search.prune.metric": "eval_loss", "search.prune.mode": "min"})
+    )
+    assert (older.stopping.metric, older.stopping.mode) == ("eval_loss", "min")
+    assert older.search.prune.grace_period == spec.search.prune.grace_period
+    same = parent(**{"search.prune.metric": "trigger_soft_score", "search.prune.mode": "max"})
+    assert with_recorded_stopping(spec, same) is spec
+    assert with_recorded_stopping(spec, parent()) is spec  # a FIFO sweep records none
