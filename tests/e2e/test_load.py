@@ -6,17 +6,13 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 import queue
-import signal
-import subprocess
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
-from tests.e2e.postgres import USER, fresh_database
-from tests.e2e.ray_helpers import VENV_BIN, free_port, wait_for
+from tests.e2e.postgres import USER, fresh_database, mlflow_server
 
 pytestmark = pytest.mark.slow
 
@@ -35,11 +31,8 @@ def expected(worker: int, step: int, metric: int) -> float:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
     """`mlflow server` on 127.0.0.1 with a fresh PostgreSQL database and proxied artifacts."""
-    import requests
-
     work = tmp_path_factory.mktemp("mlflow-load")
     with fresh_database("ftray_load") as database:
-        port = free_port()
         # MLflow's default pool (5 connections + 10 overflow per worker) makes the 16th
         # concurrent request wait 30 s and then fail with 400, which clients do not retry:
         # the pool covers every concurrent writer (README "Security").
@@ -47,33 +40,9 @@ def server(tmp_path_factory: pytest.TempPathFactory):
             "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "32",
             "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "8",
         }
-        process = subprocess.Popen(
-            [
-                f"{VENV_BIN}/mlflow",
-                "server",
-                *("--host", "127.0.0.1", "--port", str(port), "--workers", "1"),
-                *("--backend-store-uri", f"postgresql://{USER}@127.0.0.1:5432/{database}"),
-                *("--serve-artifacts", "--artifacts-destination", (work / "artifacts").as_uri()),
-            ],
-            cwd=work,
-            env={**os.environ, **pool},
-            stdout=(work / "server.log").open("w"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-
-            def healthy() -> bool:
-                try:
-                    return requests.get(f"http://127.0.0.1:{port}/health", timeout=2).ok
-                except requests.RequestException:
-                    return False
-
-            wait_for(healthy, 180, "mlflow server")
-            yield {"uri": f"http://127.0.0.1:{port}", "work": work}
-        finally:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(60)
+        backend = f"postgresql://{USER}@127.0.0.1:5432/{database}"
+        with mlflow_server(work, backend, timeout=180, env=pool) as uri:
+            yield {"uri": uri, "work": work}
 
 
 def log_metrics_at_once(uri: str, experiment_id: str, worker: int, barrier, results) -> None:

@@ -2,97 +2,38 @@
 
 from __future__ import annotations
 
-import os
-import secrets
-import signal
-import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import SPECS, run_cli
+from tests.e2e.postgres import USER, fresh_database, mlflow_server
 from tests.e2e.ray_helpers import (
     SWEEP_ARGS,
-    VENV_BIN,
     all_runs,
     assert_sweep_finished_once,
-    free_port,
-    wait_for,
 )
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def postgres_databases():
+def postgres_databases() -> Iterator[list[str]]:
     """Two fresh databases on the local PostgreSQL server (MLflow's and Optuna's: both keep
     an alembic_version table, so they cannot share one), dropped afterwards."""
-    import psycopg
-
-    names = [f"ftray_test_{secrets.token_hex(4)}" for _ in range(2)]
-    try:
-        admin = psycopg.connect(
-            host="127.0.0.1",
-            port=5432,
-            dbname="postgres",
-            user=os.environ.get("PGUSER", "postgres"),
-            autocommit=True,
-        )
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"no PostgreSQL server on 127.0.0.1:5432 ({exc})")
-    user = os.environ.get("PGUSER", "postgres")
-    try:
-        with admin.cursor() as cursor:
-            for name in names:
-                cursor.execute(f'CREATE DATABASE "{name}"')
-        yield [f"postgresql://{user}@127.0.0.1:5432/{name}" for name in names]
-    finally:
-        with admin.cursor() as cursor:
-            for name in names:
-                cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+    with fresh_database() as mlflow_db, fresh_database() as optuna_db:
+        yield [f"postgresql://{USER}@127.0.0.1:5432/{name}" for name in (mlflow_db, optuna_db)]
 
 
 def test_mlflow_server_on_postgres_and_optuna_study_in_postgres(
     postgres_databases: list[str], tmp_path: Path
 ) -> None:
     import optuna
-    import requests
 
     mlflow_db, optuna_db = postgres_databases
-    port = free_port()
-    server = subprocess.Popen(
-        [
-            f"{VENV_BIN}/mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--backend-store-uri",
-            mlflow_db,
-            "--serve-artifacts",
-            "--artifacts-destination",
-            (tmp_path / "artifacts").as_uri(),
-        ],
-        cwd=tmp_path,
-        stdout=(tmp_path / "server.log").open("w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-
-        def healthy() -> bool:
-            try:
-                return requests.get(f"http://127.0.0.1:{port}/health", timeout=2).ok
-            except requests.RequestException:
-                return False
-
-        wait_for(healthy, 120, "mlflow server")
-        uri = f"http://127.0.0.1:{port}"
+    with mlflow_server(tmp_path, mlflow_db) as uri:
         result = run_cli(
             "sweep",
             str(SPECS / "trigger_tiny.yaml"),
@@ -127,6 +68,3 @@ def test_mlflow_server_on_postgres_and_optuna_study_in_postgres(
             int(r.data.params["lora.r"]) for r in runs
         }
         assert all(t.state.name == "COMPLETE" for t in study.trials)
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(60)
