@@ -7,17 +7,27 @@ Figure per seed: the training epochs each sweep spent until its best completed t
 objective came within 0.02 of the best the full-budget run (random + FIFO) found, counted
 from Tune's per-epoch results in time order (epochs of trials still running count too).
 
-`--prune` compares candidate ASHA settings against the same FIFO runs, each written
-METRIC[:GRACE[:REDUCTION]]: METRIC is `default` (the spec's own `search.prune`), `objective`
-(the spec's objective and mode) or a loss (`eval_loss`, min); GRACE and REDUCTION are
-`search.prune.grace_period` and `.reduction_factor` (default 1 and 2).
+`--prune` compares candidate early-stopping settings against the same FIFO runs, each
+written [SCHEDULER/]METRIC[:GRACE[:REDUCTION]][+partial]: METRIC is `default` (the spec's
+own `search.prune`), `objective` (the spec's objective and mode) or a loss (`eval_loss`,
+min); GRACE and REDUCTION are `search.prune.grace_period` and `.reduction_factor` (default
+1 and 2). SCHEDULER is `asha` (ftray's, the default), or one of Ray Tune's others that
+ftray does not offer, swapped in for the measurement: `median` (MedianStoppingRule: stops a
+trial whose best so far is below the median of the others' running means at the same epoch,
+from GRACE on, once 3 trials have reported) or `hyperband` (synchronous HyperBand: brackets
+of trials paused at each rung and resumed from their epoch checkpoints, REDUCTION its eta).
+`+partial` tells Optuna a stopped trial's last value as a completed one (Ray's stock
+OptunaSearch) instead of PRUNED (ftray's): TPE reads the study only after its 10 random
+start-up trials, so compare it with `--trials` above 10.
 
     .venv/bin/python bench/asha_savings.py [--seeds 0 1 2 --trials 8 --epochs 4]
-    .venv/bin/python bench/asha_savings.py --prune default eval_loss:2 objective
+    .venv/bin/python bench/asha_savings.py --prune default eval_loss:2 objective median/default
+    .venv/bin/python bench/asha_savings.py --trials 20 --prune default default+partial
 
-Prints a table per candidate (median over seeds of the best-value gap to FIFO and of the
-share of FIFO's epochs) and `asha_savings: <epochs(random+FIFO) / epochs(TPE+ASHA)>` last,
-the median over seeds for the first candidate. With at most 10 trials Optuna's TPE samples
+Prints a table per candidate (median over seeds of the best-value gap to FIFO, of the share
+of FIFO's epochs and of the trials stopped while their objective read 0) and
+`asha_savings: <epochs(random+FIFO) / epochs(TPE+ASHA)>` last, the median over seeds for
+the first candidate. With at most 10 trials Optuna's TPE samples
 its first 10 at random, so both sweeps see the same configurations and the figure is ASHA's
 alone.
 """
@@ -39,13 +49,54 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 WITHIN = 0.02
 LOSSES = ("eval_loss", "train_loss")
+SCHEDULERS = ("asha", "median", "hyperband")
+
+# Runs `ftray sweep` (argv after the variant) with the driver's scheduler or searcher swapped
+# for the measurement; the trials' own code is ftray's, unchanged.
+LAUNCH = """
+import sys
+scheduler, partial = sys.argv[1], sys.argv[2] == "partial"
+import ftray.sweep.optuna_search as optuna_search
+import ftray.sweep.runner as runner
+from ftray.sweep.space import asha_max_t
+
+if partial:
+    from ray.tune.search.optuna import OptunaSearch
+    optuna_search.PruneAwareOptunaSearch = OptunaSearch
+
+def build_scheduler(spec):
+    from ray.tune.schedulers import HyperBandScheduler, MedianStoppingRule
+    prune, stopping = spec.search.prune, spec.stopping
+    if scheduler == "median":
+        return MedianStoppingRule(time_attr="epoch", metric=stopping.metric, mode=stopping.mode,
+                                  grace_period=prune.grace_period, min_samples_required=3)
+    return HyperBandScheduler(time_attr="epoch", metric=stopping.metric, mode=stopping.mode,
+                              max_t=asha_max_t(spec), reduction_factor=prune.reduction_factor)
+
+if scheduler != "asha":
+    runner.build_scheduler = build_scheduler
+from ftray.cli import main
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def parse_candidate(candidate: str) -> tuple[str, bool, str]:
+    """SCHEDULER, whether `+partial`, and METRIC[:GRACE[:REDUCTION]] of one candidate."""
+    rest, partial = candidate, candidate.endswith("+partial")
+    if partial:
+        rest = rest[: -len("+partial")]
+    scheduler, _, rest = rest.rpartition("/")
+    scheduler = scheduler or "asha"
+    if scheduler not in SCHEDULERS:
+        raise SystemExit(f"--prune {candidate}: SCHEDULER is one of {', '.join(SCHEDULERS)}")
+    return scheduler, partial, rest
 
 
 def prune_overrides(candidate: str, objective: str, mode: str) -> dict[str, Any]:
     """The `--set` overrides of one `--prune` candidate."""
-    metric, *rest = candidate.split(":")
+    metric, *rest = parse_candidate(candidate)[2].split(":")
     if len(rest) > 2:
-        raise SystemExit(f"--prune {candidate}: METRIC[:GRACE[:REDUCTION]]")
+        raise SystemExit(f"--prune {candidate}: [SCHEDULER/]METRIC[:GRACE[:REDUCTION]][+partial]")
     overrides: dict[str, Any] = {}
     if metric == "objective":
         overrides.update({"search.prune.metric": objective, "search.prune.mode": mode})
@@ -68,8 +119,11 @@ def sweep(
     epochs: int,
     scheduler: str,
     extra: dict[str, Any] | None = None,
+    variant: tuple[str, bool] = ("asha", False),
 ) -> list[dict]:
-    """Run one sweep; every epoch's Tune result, each with its trial id, in time order."""
+    """Run one sweep; every epoch's Tune result, each with its trial id, in time order.
+    `variant`: the scheduler swapped in for ASHA, and whether Optuna is told stopped trials'
+    partial values as completed (see LAUNCH)."""
     overrides = {
         "search.num_trials": trials,
         "search.scheduler": scheduler,
@@ -78,7 +132,12 @@ def sweep(
         "storage.tune_path": str(work / "ray_results"),
         **(extra or {}),
     }
-    command = [sys.executable, "-m", "ftray", "sweep", str(spec)]
+    if variant == ("asha", False):
+        command = [sys.executable, "-m", "ftray", "sweep", str(spec)]
+    else:
+        swapped, partial = variant
+        command = [sys.executable, "-c", LAUNCH, swapped, "partial" if partial else "pruned"]
+        command += ["sweep", str(spec)]
     for key, value in overrides.items():
         command += ["--set", f"{key}={value}"]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
@@ -108,13 +167,28 @@ def epochs_until(results: list[dict], epochs: int, objective: str, target: float
 
 
 def measure(
-    spec: Path, seed: int, trials: int, epochs: int, scheduler: str, extra: dict[str, Any]
+    spec: Path,
+    seed: int,
+    trials: int,
+    epochs: int,
+    scheduler: str,
+    extra: dict[str, Any],
+    variant: tuple[str, bool] = ("asha", False),
 ) -> tuple[list[dict], float]:
     """One sweep in a fresh folder: its per-epoch results and its wall seconds."""
     with tempfile.TemporaryDirectory(prefix="ftray-bench-asha-") as tmp:
         started = time.monotonic()
-        results = sweep(spec, Path(tmp), seed, trials, epochs, scheduler, extra)
+        results = sweep(spec, Path(tmp), seed, trials, epochs, scheduler, extra, variant)
         return results, time.monotonic() - started
+
+
+def stopped_at_zero(results: list[dict], epochs: int, objective: str) -> int:
+    """Trials stopped before their last epoch while their objective read 0."""
+    last: dict[str, dict] = {}
+    for result in results:
+        if result["epoch"] >= last.get(result["trial_id"], {}).get("epoch", 0):
+            last[result["trial_id"]] = result
+    return sum(r["epoch"] < epochs and r[objective] == 0 for r in last.values())
 
 
 def compare(fifo: list[dict], asha: list[dict], epochs: int, objective: str) -> dict[str, Any]:
@@ -133,6 +207,7 @@ def compare(fifo: list[dict], asha: list[dict], epochs: int, objective: str) -> 
         "fifo_epochs": spent["fifo"],
         "asha_epochs": spent["asha"],
         "ratio": spent["fifo"] / spent["asha"] if spent["asha"] < math.inf else 0.0,
+        "stopped_at_zero": stopped_at_zero(asha, epochs, objective),
     }
 
 
@@ -168,9 +243,12 @@ def main() -> None:
         walls["fifo"].append(wall)
         keep("fifo", seed, fifo)
         for candidate, extra in candidates.items():
-            asha, wall = measure(args.spec, seed, args.trials, args.epochs, "asha", extra)
+            scheduler, partial, _ = parse_candidate(candidate)
+            asha, wall = measure(
+                args.spec, seed, args.trials, args.epochs, "asha", extra, (scheduler, partial)
+            )
             walls[candidate].append(wall)
-            keep(candidate.replace(":", "_"), seed, asha)
+            keep(candidate.replace(":", "_").replace("/", "-"), seed, asha)
             rows[candidate].append({"seed": seed, **compare(fifo, asha, args.epochs, objective)})
             print(f"seed {seed} {candidate}: {json.dumps(rows[candidate][-1])}", flush=True)
 
@@ -180,20 +258,21 @@ def main() -> None:
         f"{statistics.median(walls['fifo']):.0f} s"
     )
     print(
-        "candidate             best gap  epochs/FIFO's  savings  wall  "
+        "candidate             best gap  epochs/FIFO's  savings  at 0  wall  "
         "(per seed: best FIFO/ASHA, epochs to target FIFO/ASHA, all FIFO/ASHA)"
     )
     for candidate, per_seed in rows.items():
         gap = statistics.median(r["full_best"] - r["asha_best"] for r in per_seed)
         share = statistics.median(r["asha_epochs_total"] / r["fifo_epochs_total"] for r in per_seed)
         savings = statistics.median(r["ratio"] for r in per_seed)
+        at_zero = statistics.median(r["stopped_at_zero"] for r in per_seed)
         seeds = "; ".join(
             f"{r['full_best']:.2f}/{r['asha_best']:.2f} {r['fifo_epochs']:.0f}/{r['asha_epochs']:.0f} "
             f"{r['fifo_epochs_total']}/{r['asha_epochs_total']}"
             for r in per_seed
         )
         print(
-            f"{candidate:<20}  {gap:<8.3f}  {share:<13.2f}  {savings:<7.2f}  "
+            f"{candidate:<20}  {gap:<8.3f}  {share:<13.2f}  {savings:<7.2f}  {at_zero:<4g}  "
             f"{statistics.median(walls[candidate]):<4.0f}  {seeds}"
         )
     first = rows[args.prune[0]]

@@ -43,6 +43,9 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> dict:
         str(SPECS / "trigger_tiny.yaml"),
         *overrides(
             "search.num_trials=4",
+            # All four at once: test_four_concurrent_trials_share_one_sqlite_tracking_store.
+            "search.max_concurrent_trials=4",
+            "resources_per_trial.cpu=0.5",
             "train.epochs=3",
             "search.scheduler=fifo",
             # Never used (MLFLOW_TRACKING_URI wins), and its password must be nowhere.
@@ -292,29 +295,18 @@ def test_no_ray_left_running() -> None:
     assert leftover == [], [" ".join(p.cmdline()) for p in leftover]
 
 
-def test_four_concurrent_trials_share_one_sqlite_tracking_store(tmp_path: Path) -> None:
+def test_four_concurrent_trials_share_one_sqlite_tracking_store(sweep: dict) -> None:
     # Only the driver writes to MLflow, so four trials at once never meet "database is locked".
-    uri = sqlite_store(tmp_path)
-    result = run_cli(
-        "sweep",
-        str(SPECS / "trigger_tiny.yaml"),
-        *overrides(
-            "search.num_trials=4",
-            "search.max_concurrent_trials=4",
-            "resources_per_trial.cpu=0.5",
-            "train.epochs=2",
-            "search.scheduler=fifo",
-        ),
-        cwd=tmp_path,
-        env={"MLFLOW_TRACKING_URI": uri},
-    )
+    result = sweep["result"]
     assert result.returncode == 0, result.stderr[-4000:]
     assert "database is locked" not in result.stderr
-    client = MlflowClient(uri)
+    client = MlflowClient(sweep["uri"])
     experiment = client.get_experiment_by_name("trigger-tiny")
-    runs = client.search_runs(
-        [experiment.experiment_id], filter_string="tags.`ftray.role` = 'trial'"
+    parents = client.search_runs(
+        [experiment.experiment_id], filter_string="tags.`ftray.role` = 'sweep'"
     )
+    first = min(parents, key=lambda r: r.info.start_time)  # the fixture's, before any other
+    runs = children_of(client, first.info.run_id, experiment.experiment_id)
     assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
     latest_start = max(r.info.start_time for r in runs)
     earliest_end = min(r.info.end_time for r in runs)

@@ -29,9 +29,21 @@ def test_candidates_become_prune_overrides() -> None:
         "search.prune.mode": "min",
         "search.prune.grace_period": 2,
     }
-    for bad in ("trigger_score", "eval_loss:1:2:3"):
+    assert bench.prune_overrides("median/eval_loss:2+partial", "trigger_score", "max") == {
+        "search.prune.metric": "eval_loss",
+        "search.prune.mode": "min",
+        "search.prune.grace_period": 2,
+    }
+    for bad in ("trigger_score", "eval_loss:1:2:3", "bohb/default", "median/trigger_score"):
         with pytest.raises(SystemExit):
             bench.prune_overrides(bad, "trigger_score", "max")
+
+
+def test_candidates_name_their_scheduler_and_what_optuna_is_told() -> None:
+    assert bench.parse_candidate("default") == ("asha", False, "default")
+    assert bench.parse_candidate("default:2+partial") == ("asha", True, "default:2")
+    assert bench.parse_candidate("median/eval_loss:2") == ("median", False, "eval_loss:2")
+    assert bench.parse_candidate("hyperband/default+partial") == ("hyperband", True, "default")
 
 
 def results(*epochs: tuple[str, int, float]) -> list[dict]:
@@ -47,5 +59,6 @@ def test_epochs_are_counted_until_a_completed_trial_is_within_reach_of_fifos_bes
     assert (row["fifo_epochs"], row["asha_epochs"]) == (6, 3)
     assert (row["fifo_epochs_total"], row["asha_epochs_total"]) == (6, 4)
     assert row["ratio"] == 2.0
+    assert row["stopped_at_zero"] == 1  # a, at 0.0 after epoch 1 of 2 (c read 0.1)
     never = bench.compare(fifo, results(("a", 1, 0.0), ("a", 2, 0.5)), 2, "score")
     assert never["asha_epochs"] == math.inf and never["ratio"] == 0.0
