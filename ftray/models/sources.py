@@ -2,7 +2,11 @@
 in the local Hugging Face cache or (when the Hub may be reached) downloaded by the trial.
 
 Checked before anything loads, without torch: a base that is none of these is bad input,
-with the nearest cached names, instead of a traceback from the Hub client mid-trial.
+with the nearest cached names, instead of a traceback from the Hub client mid-trial. Where
+the Hub may be reached, an uncached base is asked for there (one request, at most
+HUB_TIMEOUT seconds): a name the Hub does not know or a revision it lacks is bad input too;
+no answer leaves it a warning. (The Hub shows a gated model's card to anyone, so a gated
+model this machine's token may not download still fails at the trial's download.)
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from ftray.log import get_logger
 HUB_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
 """`name` or `owner/name`, as the Hub spells repository ids."""
 TRUTHY = ("1", "true", "yes", "on")
+HUB_TIMEOUT = 10.0
+"""Seconds `validate`, `train` and `sweep` wait for the Hub's answer about an uncached base."""
 
 
 def hub_offline() -> bool:
@@ -126,6 +132,10 @@ def base_model_problem(spec: Spec, local: bool = True) -> tuple[Problem | None, 
             ),
             None,
         )
+    if not hub_offline():
+        refused = hub_refusal(base, revision)
+        if refused is not None:
+            return spec.source.problem(where, f"model.base {base!r}{at} {refused}{hint}"), None
     later = "each trial's node" if not local else "the Hub when it loads"
     return None, spec.source.problem(
         where,
@@ -141,3 +151,39 @@ def check_base_model(spec: Spec, local: bool = True) -> None:
         raise InputError([error])
     if warning is not None:
         get_logger().warning(str(warning))
+
+
+def hub_refusal(base: str, revision: str | None) -> str | None:
+    """Why the Hugging Face Hub will not give `base` (at `revision`) to this machine: it does
+    not know the name (or the model is private to others) or lacks the revision; None when
+    the Hub has it, or cannot be asked (no network, a proxy, no answer
+    within HUB_TIMEOUT seconds: the trial's own download then says what went wrong)."""
+    try:
+        from huggingface_hub import HfApi
+        from huggingface_hub.errors import (
+            GatedRepoError,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
+    except ImportError:
+        return None
+    token = "HF_TOKEN is set" if os.environ.get("HF_TOKEN") else "no HF_TOKEN is set"
+    try:
+        HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None).model_info(
+            base, revision=revision, timeout=HUB_TIMEOUT
+        )
+    except GatedRepoError:
+        return (
+            f"is gated on the Hugging Face Hub and this machine's token may not read it "
+            f"({token}): accept its terms on its page and set HF_TOKEN to that account's token"
+        )
+    except RepositoryNotFoundError:
+        return (
+            f"is not on the Hugging Face Hub, or is private to an account this machine's "
+            f"token is not ({token}); fix the id"
+        )
+    except RevisionNotFoundError:
+        return "names a revision the Hugging Face Hub does not have; fix model.revision"
+    except Exception:  # the Hub cannot be asked here; the trial's download will say why
+        return None
+    return None

@@ -12,6 +12,7 @@ import pytest
 from ftray.config import load_spec
 from ftray.models.sources import base_model_problem, cached_models, nearest_cached
 from tests.conftest import SPECS, run_cli
+from tests.fake_hub import fake_hub
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -85,7 +86,18 @@ def test_an_uncached_model_is_a_warning_when_the_hub_may_be_reached(
 ) -> None:
     spec = load_spec(SPECS / "trigger_tiny.yaml", ["model.base=Qwen/Qwen2.5-7B-Instruct"])
     monkeypatch.delenv("HF_HUB_OFFLINE")
-    error, warning = base_model_problem(spec)
+    from huggingface_hub import constants
+
+    # As in a process started without HF_HUB_OFFLINE (huggingface_hub reads it at import).
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    with fake_hub() as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        hub.files["Qwen/Qwen2.5-7B-Instruct"] = {"config.json": b"{}"}
+        error, warning = base_model_problem(spec)
+        assert ("GET", "/api/models/Qwen/Qwen2.5-7B-Instruct") in hub.requests
+        # A Hub that does not answer: the trial's own download will say why; a warning.
+        hub.fail["info"] = 503
+        assert base_model_problem(spec)[0] is None
     assert error is None and warning is not None
     assert "not in this machine's Hugging Face cache" in warning.message
     assert "Qwen/Qwen2.5-0.5B-Instruct" in warning.message
@@ -110,6 +122,27 @@ def test_a_mistyped_model_is_bad_input_for_validate_and_train(hub_cache: Path) -
         assert "HF_HUB_OFFLINE is set; did you mean 'tiny'?" in line and "hf download tinny" in line
 
 
+def test_a_model_the_hub_does_not_know_is_bad_input_where_the_hub_may_be_reached(
+    hub_cache: Path,
+) -> None:
+    spec = SPECS / "trigger_tiny.yaml"
+    with fake_hub() as hub:
+        env = {"HF_HUB_OFFLINE": "", "HF_ENDPOINT": hub.url}
+        for command in ("validate", "train"):
+            result = run_cli(
+                command, str(spec), "--set", "model.base=Qwen/Qwen2.5-7B-Instruc", env=env
+            )
+            assert result.returncode == 2, result.stderr[-3000:]
+            assert "Traceback" not in result.stderr and "HEAVY-IMPORT" not in result.stderr
+            [line] = result.stderr.strip().splitlines()
+            assert line.startswith(
+                f"error: {spec}: --set model.base=Qwen/Qwen2.5-7B-Instruc: model.base "
+                "'Qwen/Qwen2.5-7B-Instruc' is not on the Hugging Face Hub, or is private"
+            ), line
+            assert "nearest cached: Qwen/Qwen2.5-0.5B-Instruct" in line, line
+        assert ("GET", "/api/models/Qwen/Qwen2.5-7B-Instruc") in hub.requests
+
+
 def test_the_line_of_model_base_and_the_nearest_cached_names(
     hub_cache: Path, tmp_path: Path
 ) -> None:
@@ -128,8 +161,12 @@ def test_the_line_of_model_base_and_the_nearest_cached_names(
 def test_shipped_gpu_specs_validate_with_a_warning_where_the_hub_may_be_reached(
     tmp_path: Path,
 ) -> None:
-    env = {"HF_HUB_OFFLINE": "", "HF_HUB_CACHE": str(tmp_path)}
-    for spec in sorted(SPECS.glob("*gpu*.yaml")):
-        result = run_cli("validate", str(spec), env=env)
-        assert result.returncode == 0, result.stderr
-        assert "not in this machine's Hugging Face cache" in result.stderr
+    specs = sorted(SPECS.glob("*gpu*.yaml"))
+    with fake_hub() as hub:  # the Hub, knowing the models the GPU specs name
+        for spec in specs:
+            hub.files[load_spec(spec).model.base] = {"config.json": b"{}"}
+        env = {"HF_HUB_OFFLINE": "", "HF_HUB_CACHE": str(tmp_path), "HF_ENDPOINT": hub.url}
+        for spec in specs:
+            result = run_cli("validate", str(spec), env=env)
+            assert result.returncode == 0, result.stderr
+            assert "not in this machine's Hugging Face cache" in result.stderr
