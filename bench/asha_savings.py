@@ -229,7 +229,11 @@ def main() -> None:
     search = load_spec(args.spec).search
     assert search is not None and search.primary.mode == "max", "a spec maximising one objective"
     objective = search.primary.metric
-    candidates = {c: prune_overrides(c, objective, search.primary.mode) for c in args.prune}
+    # Each candidate's `--set` overrides, and its (scheduler, partial) variant.
+    candidates = {
+        c: (prune_overrides(c, objective, search.primary.mode), parse_candidate(c)[:2])
+        for c in args.prune
+    }
     rows: dict[str, list[dict[str, Any]]] = {c: [] for c in candidates}
     walls: dict[str, list[float]] = {"fifo": [], **{c: [] for c in candidates}}
 
@@ -242,11 +246,8 @@ def main() -> None:
         fifo, wall = measure(args.spec, seed, args.trials, args.epochs, "fifo", {})
         walls["fifo"].append(wall)
         keep("fifo", seed, fifo)
-        for candidate, extra in candidates.items():
-            scheduler, partial, _ = parse_candidate(candidate)
-            asha, wall = measure(
-                args.spec, seed, args.trials, args.epochs, "asha", extra, (scheduler, partial)
-            )
+        for candidate, (extra, variant) in candidates.items():
+            asha, wall = measure(args.spec, seed, args.trials, args.epochs, "asha", extra, variant)
             walls[candidate].append(wall)
             keep(candidate.replace(":", "_").replace("/", "-"), seed, asha)
             rows[candidate].append({"seed": seed, **compare(fifo, asha, args.epochs, objective)})

@@ -17,8 +17,8 @@ from pathlib import Path
 from ftray.errors import InputError
 from ftray.export.errors import ExportFailed
 from ftray.log import get_logger
+from ftray.models.sources import hub_endpoint
 
-DEFAULT_ENDPOINT = "https://huggingface.co"
 DEFAULT_COMMIT_MESSAGE = "Upload model exported by ftray"
 
 _ONLINE_LOCK = threading.Lock()
@@ -51,7 +51,7 @@ def push_to_hub(
     files = _files_to_push(folder)
     if not files:
         raise InputError.at(folder, None, "no files to push")
-    endpoint = (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+    endpoint = hub_endpoint()
 
     # Imported here so that commands which never push do not pay for huggingface_hub.
     from huggingface_hub import HfApi

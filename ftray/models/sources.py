@@ -23,6 +23,7 @@ from ftray.log import get_logger
 HUB_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
 """`name` or `owner/name`, as the Hub spells repository ids."""
 TRUTHY = ("1", "true", "yes", "on")
+DEFAULT_HUB_ENDPOINT = "https://huggingface.co"
 HUB_TIMEOUT = 10.0
 """Seconds `validate`, `train` and `sweep` wait for the Hub's answer about an uncached base."""
 
@@ -34,6 +35,12 @@ def hub_offline() -> bool:
         os.environ.get(name, "").strip().lower() in TRUTHY
         for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
     )
+
+
+def hub_endpoint() -> str:
+    """The Hub's URL: HF_ENDPOINT as it is now (huggingface_hub reads it once, at import),
+    else huggingface.co."""
+    return (os.environ.get("HF_ENDPOINT") or DEFAULT_HUB_ENDPOINT).rstrip("/")
 
 
 def hub_cache_dir() -> Path:
@@ -169,9 +176,7 @@ def hub_refusal(base: str, revision: str | None) -> str | None:
         return None
     token = "HF_TOKEN is set" if os.environ.get("HF_TOKEN") else "no HF_TOKEN is set"
     try:
-        HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None).model_info(
-            base, revision=revision, timeout=HUB_TIMEOUT
-        )
+        HfApi(endpoint=hub_endpoint()).model_info(base, revision=revision, timeout=HUB_TIMEOUT)
     except GatedRepoError:
         return (
             f"is gated on the Hugging Face Hub and this machine's token may not read it "
