@@ -21,7 +21,13 @@ from mlflow import MlflowClient
 from tests.conftest import sqlite_store
 
 VENV_BIN = str(Path(sys.executable).parent)
-SWEEP_ARGS = ["--set", "train.epochs=2", "--set", "search.scheduler=fifo"]
+# One trial at a time: each trial running beside another costs a worker process of its own
+# (about 10 CPU-seconds of imports), and these tests are about the sweep, not concurrency.
+SWEEP_ARGS = [
+    *("--set", "train.epochs=2"),
+    *("--set", "search.scheduler=fifo"),
+    *("--set", "search.max_concurrent_trials=1"),
+]
 
 
 def free_port() -> int:

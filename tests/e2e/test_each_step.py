@@ -35,7 +35,12 @@ def few_rows_spec(folder: Path) -> Path:
 def test_each_step_sweeps_register_one_model_per_step(tmp_path: Path) -> None:
     uri = sqlite_store(tmp_path)
     spec = few_rows_spec(tmp_path)
-    sets = ["search.num_trials=2", "train.epochs=1", "search.scheduler=fifo"]
+    sets = [
+        "search.num_trials=2",
+        "search.max_concurrent_trials=1",
+        "train.epochs=1",
+        "search.scheduler=fifo",
+    ]
     result = run_cli(
         "sweep",
         str(spec),

@@ -27,7 +27,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> dict:
     result = run_cli(
         "sweep",
         str(SPECS / "trigger_tiny.yaml"),
-        *("--set", "search.num_trials=2", "--set", "train.epochs=6"),
+        *("--set", "search.num_trials=1", "--set", "train.epochs=6"),
         *("--set", "search.scheduler=fifo"),
         cwd=work,
         env=env,

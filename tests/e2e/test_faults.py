@@ -55,6 +55,7 @@ def test_a_trial_that_raises_fails_alone_and_the_sweep_goes_on(
         SPECS / "trigger_tiny.yaml",
         [
             "search.num_trials=3",
+            "search.max_concurrent_trials=1",
             "train.epochs=1",
             "search.scheduler=fifo",
             f"storage.optuna_url={optuna_url}",

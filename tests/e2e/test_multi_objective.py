@@ -37,6 +37,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> dict:
         str(SPECS / "trigger_tiny.yaml"),
         *COMMON,
         "--set", "search.num_trials=4",
+        "--set", "search.max_concurrent_trials=1",
         "--set", "train.epochs=2",
         "--set", "search.select={metric: trigger_score, mode: max, where: ['false_trigger_rate <= 0.5']}",
         cwd=work,

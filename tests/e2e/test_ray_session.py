@@ -58,7 +58,7 @@ def test_a_sweep_without_ray_address_starts_its_own_ray_despite_a_stale_cluster_
             "sweep",
             str(SPECS / "trigger_tiny.yaml"),
             *("--set", "search.num_trials=2", "--set", "train.epochs=1"),
-            *("--set", "search.scheduler=fifo"),
+            *("--set", "search.scheduler=fifo", "--set", "search.max_concurrent_trials=1"),
             cwd=tmp_path,
             env={"MLFLOW_TRACKING_URI": uri, "RAY_TMPDIR": str(ray_tmpdir)},
             timeout=400,  # before the fix the sweep joined the dead address and never ended

@@ -84,6 +84,7 @@ def secured(tmp_path_factory: pytest.TempPathFactory):
         args = [
             *("--set", "search.num_trials=2", "--set", "train.epochs=2"),
             *("--set", "search.scheduler=fifo", "--set", f"storage.optuna_url={optuna_url}"),
+            *("--set", "search.max_concurrent_trials=1"),
         ]
         spec = str(SPECS / "trigger_tiny.yaml")
         sweep = run_cli("sweep", spec, *args, cwd=work, env=env)

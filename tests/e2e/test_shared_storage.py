@@ -37,6 +37,8 @@ SWEEP = [
     "train.epochs=1",
     "--set",
     "search.scheduler=fifo",
+    "--set",
+    "search.max_concurrent_trials=1",
 ]
 
 
