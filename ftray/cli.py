@@ -9,7 +9,7 @@ import shlex
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ftray import __version__
 from ftray.errors import InputError
@@ -124,19 +124,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(render_leaderboard(MlflowClient(tracking_uri(spec)), spec))
         return EXIT_OK
     except UnfinishedSweep as exc:
-        from ftray.tracking.tags import EACH_STEP_ROLE, ROLE
-
-        state = exc.parent.info.status
-        how = resume_command(args)
-        if exc.parent.data.tags.get(ROLE) == EACH_STEP_ROLE:
-            how = how.replace(" --resume", " --each-step --resume")
-        print(
-            f"error: {args.spec}: the last sweep of '{spec.name}' ({exc.parent.info.run_name}) "
-            f"did not finish ({state}); continue it with: {how}, or start a "
-            "new sweep with --new",
-            file=sys.stderr,
-        )
-        return EXIT_INPUT
+        return _unfinished(args, spec, exc.parent)
     except SweepInterrupted as exc:
         print(
             f"error: sweep interrupted; Ray Tune saved its state at {exc}. "
@@ -194,14 +182,16 @@ def _sweep_each_step(args: argparse.Namespace, spec: Spec, sweeps: list[StepSwee
 
     from ftray.sweep.each_step import run_each_step
     from ftray.sweep.pending import PendingTimeout
-    from ftray.sweep.resume import NothingToResume
+    from ftray.sweep.resume import NothingToResume, UnfinishedSweep
     from ftray.sweep.runner import SweepInterrupted
     from ftray.tracking.leaderboard import render_leaderboard, render_sweep
     from ftray.tracking.store import step_sweep_run, tracking_uri
 
-    again = " ".join(["--each-step", *(f"--step {s}" for s in args.step)])
+    again = ["--each-step", *(part for step in args.step for part in ("--step", step))]
     try:
-        outcome = run_each_step(spec, sweeps, resume=args.resume, force=args.force)
+        outcome = run_each_step(spec, sweeps, resume=args.resume, force=args.force, new=args.new)
+    except UnfinishedSweep as exc:
+        return _unfinished(args, spec, exc.parent)
     except NothingToResume:
         print(f"the last each-step run of '{spec.name}' already finished; nothing to resume")
         print(render_leaderboard(MlflowClient(tracking_uri(spec)), spec))
@@ -209,7 +199,7 @@ def _sweep_each_step(args: argparse.Namespace, spec: Spec, sweeps: list[StepSwee
     except SweepInterrupted as exc:
         print(
             f"error: sweep interrupted; Ray Tune saved its state at {exc}. "
-            f"Resume with: ftray sweep {args.spec} {again} --resume",
+            f"Resume with: {resume_command(args, *again)}",
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
@@ -232,10 +222,34 @@ def _sweep_each_step(args: argparse.Namespace, spec: Spec, sweeps: list[StepSwee
     return EXIT_RUNTIME if outcome.failed_steps else EXIT_OK
 
 
-def resume_command(args: argparse.Namespace) -> str:
-    """The `ftray sweep ... --resume` command line that continues this sweep (same --set)."""
+def _unfinished(args: argparse.Namespace, spec: Spec, parent: Any) -> int:
+    """Exit 2: a new sweep (or each-step run) was asked for while the spec's last one is
+    unfinished; the line says how to continue it, as what it was (one sweep, or one sweep per
+    step of the steps it recorded)."""
+    from ftray.tracking.tags import EACH_STEP_ROLE, ROLE, STEPS
+
+    steps: list[str] = []
+    if parent.data.tags.get(ROLE) == EACH_STEP_ROLE:
+        recorded = json.loads(parent.data.tags.get(STEPS, "[]"))
+        if not recorded or recorded == list(spec.task.step_names()):
+            steps = ["--each-step"]
+        else:
+            steps = [part for step in recorded for part in ("--step", step)]
+    how = resume_command(args, *steps)
+    print(
+        f"error: {args.spec}: the last sweep of '{spec.name}' ({parent.info.run_name}) "
+        f"did not finish ({parent.info.status}); continue it with: {how}, or start a "
+        "new sweep with --new",
+        file=sys.stderr,
+    )
+    return EXIT_INPUT
+
+
+def resume_command(args: argparse.Namespace, *extra: str) -> str:
+    """The `ftray sweep ... --resume` command line that continues this sweep (same --set,
+    then `extra`)."""
     sets = [part for override in args.overrides for part in ("--set", mask_override(override))]
-    return shlex.join(["ftray", "sweep", str(args.spec), *sets, "--resume"])
+    return shlex.join(["ftray", "sweep", str(args.spec), *sets, *extra, "--resume"])
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ from ftray.config.spec import Spec
 from ftray.errors import InputError
 from ftray.log import get_logger
 from ftray.redaction import mask_url_passwords
-from ftray.sweep.resume import NothingToResume
+from ftray.sweep.resume import UNFINISHED, NothingToResume, UnfinishedSweep
 from ftray.sweep.runner import (
     StepOf,
     SweepInterrupted,
@@ -113,11 +113,16 @@ def each_step_summary(spec: Spec, client: Any, run_id: str, steps: list[str]) ->
 
 
 def run_each_step(
-    spec: Spec, sweeps: list[StepSweep], resume: bool = False, force: bool = False
+    spec: Spec,
+    sweeps: list[StepSweep],
+    resume: bool = False,
+    force: bool = False,
+    new: bool = False,
 ) -> EachStepResult:
     """Sweep each step in turn under one parent run (or continue the last each-step run:
     finished steps are kept, the others resumed or started); the parent run is closed
-    whatever happens."""
+    whatever happens. As for one sweep, a new each-step run while the spec's last sweep has
+    not finished needs `new` (UnfinishedSweep otherwise)."""
     from mlflow import MlflowClient
 
     uri = tracking_uri(spec)
@@ -127,6 +132,9 @@ def run_each_step(
         run = each_step_run_to_resume(spec, client, uri, steps)
         client.update_run(run.info.run_id, status="RUNNING")
     else:
+        last = latest_sweep_run(client, spec)
+        if last is not None and last.info.status in UNFINISHED and not new:
+            raise UnfinishedSweep(last)
         run = open_each_step_run(spec, client, steps)
     run_id = run.info.run_id
     log.info(

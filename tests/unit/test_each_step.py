@@ -23,7 +23,7 @@ STEPS_SPEC = SPECS / "pipeline_steps_tiny.yaml"
 def sweep_error(*args: str) -> str:
     result = run_cli("sweep", *args)
     assert result.returncode == 2, result.stderr[-2000:]
-    assert "Traceback" not in result.stderr and "HEAVY-IMPORT" not in result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
     [line] = result.stderr.strip().splitlines()
     return line
 
@@ -158,3 +158,37 @@ def test_a_step_spec_warns_only_as_its_spec_does() -> None:
     assert restricted.search == spec.search and restricted.lora == spec.lora
     with_prune = load_spec(STEPS_SPEC, ["search.scheduler=fifo", "search.prune.grace_period=2"])
     assert len(search_warnings(step_spec(with_prune, "characters"))) == 1
+
+
+def test_a_new_each_step_run_while_the_last_is_unfinished_needs_new(tmp_path: Path) -> None:
+    from ftray.sweep.each_step import run_each_step
+    from ftray.sweep.resume import UnfinishedSweep
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    outer = record_each_step_run(client, ["characters", "relationships"])  # left RUNNING
+    spec = load_spec(STEPS_SPEC, [f"tracking.uri={uri}"])
+    with pytest.raises(UnfinishedSweep) as info:
+        run_each_step(spec, [])
+    assert info.value.parent.info.run_id == outer
+    started = run_each_step(spec, [], new=True)
+    assert started.run_id != outer and client.get_run(started.run_id).info.status == "FINISHED"
+
+
+def test_the_cli_says_how_to_continue_the_unfinished_each_step_run(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    record_each_step_run(MlflowClient(uri), ["relationships", "characters"])  # left RUNNING
+    result = run_cli(
+        "sweep",
+        str(STEPS_SPEC),
+        *("--each-step", "--set", "search.num_trials=2"),
+        env={"MLFLOW_TRACKING_URI": uri},
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    [line] = [row for row in result.stderr.splitlines() if row.startswith("error:")]
+    assert "(each-step-1) did not finish (RUNNING); continue it with: ftray sweep " in line
+    assert line.endswith(
+        "--set search.num_trials=2 --step relationships --step characters --resume, "
+        "or start a new sweep with --new"
+    ), line
+    assert "Traceback" not in result.stderr and result.stdout == ""
