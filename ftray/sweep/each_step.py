@@ -14,7 +14,7 @@ from ftray.config.spec import Spec
 from ftray.errors import InputError
 from ftray.log import get_logger
 from ftray.redaction import mask_url_passwords
-from ftray.sweep.resume import UNFINISHED, NothingToResume, UnfinishedSweep
+from ftray.sweep.resume import NothingToResume, refuse_unfinished
 from ftray.sweep.runner import (
     StepOf,
     SweepInterrupted,
@@ -132,9 +132,7 @@ def run_each_step(
         run = each_step_run_to_resume(spec, client, uri, steps)
         client.update_run(run.info.run_id, status="RUNNING")
     else:
-        last = latest_sweep_run(client, spec)
-        if last is not None and last.info.status in UNFINISHED and not new:
-            raise UnfinishedSweep(last)
+        refuse_unfinished(latest_sweep_run(client, spec), new)
         run = open_each_step_run(spec, client, steps)
     run_id = run.info.run_id
     log.info(

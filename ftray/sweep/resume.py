@@ -54,6 +54,13 @@ class UnfinishedSweep(Exception):
         super().__init__(parent.info.run_name)
 
 
+def refuse_unfinished(last: Any | None, new: bool) -> None:
+    """UnfinishedSweep when a new sweep (or each-step run) is asked for without `new` while
+    `last`, the spec's latest sweep run, has not finished."""
+    if last is not None and last.info.status in UNFINISHED and not new:
+        raise UnfinishedSweep(last)
+
+
 def flat_fields(tree: Any, prefix: str = "") -> dict[str, Any]:
     """A nested spec document as dotted field -> value (lists kept whole)."""
     if not isinstance(tree, dict):
@@ -195,8 +202,7 @@ def sweep_to_continue(
     else:
         last = latest_sweep_run(client, spec)
         if not resume:
-            if last is not None and last.info.status in UNFINISHED and not new:
-                raise UnfinishedSweep(last)
+            refuse_unfinished(last, new)
             return None
         if last is None:
             raise InputError.at(
