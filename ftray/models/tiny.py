@@ -98,6 +98,21 @@ VOCAB_SIZE = 1024
 LM_HEAD_STD = float(os.environ.get("FTRAY_TINY_HEAD_STD", "0.15"))
 
 
+# The chat task's model gets attention heads that a pretrained model has and a random one
+# lacks (layer, head, kind, width): a previous-token head and an 8-token window in layer 0,
+# a 32-token window in layer 1. Random attention is nearly uniform over a 400-token
+# conversation, so the model cannot see what it wrote a few tokens back, and a tool call
+# breaks where a value should follow its key; with these heads, LoRA learns calls that
+# validate (README, Status). Their queries and keys read one embedding channel that holds
+# the same value in every token, so RoPE alone shapes them: the score between positions
+# Δ apart is a sum of cos(θ·Δ) and sin(θ·Δ) over RoPE's frequencies θ, with weights solved
+# as linear programs (`positional_kernel`).
+POSITIONAL_HEADS = ((0, 0, "previous", 1), (0, 1, "window", 8), (1, 0, "window", 32))
+CONSTANT_CHANNEL = -1  # the last embedding dimension
+CONSTANT_VALUE = 0.085  # about 4 after RMSNorm beside the other channels' N(0, 0.02)
+POSITIONAL_SPAN = 1024  # distances the kernels are solved over (max_position_embeddings)
+
+
 def ftray_cache() -> Path:
     """ftray's cache: $FTRAY_CACHE_DIR, else ~/.cache/ftray."""
     return Path(os.environ.get("FTRAY_CACHE_DIR", Path.home() / ".cache" / "ftray"))
@@ -116,11 +131,15 @@ def checks_cache_root() -> Path:
 def tiny_model_key(corpus: list[str]) -> str:
     """Content hash of everything that determines the built model."""
     digest = hashlib.sha256()
-    digest.update(
-        json.dumps(
-            {"v": BUILDER_VERSION, "arch": ARCHITECTURE, "vocab": VOCAB_SIZE, "head": LM_HEAD_STD}
-        ).encode()
-    )
+    settings: dict[str, Any] = {
+        "v": BUILDER_VERSION,
+        "arch": ARCHITECTURE,
+        "vocab": VOCAB_SIZE,
+        "head": LM_HEAD_STD,
+    }
+    if uses_markup(corpus):  # only chat corpora get the positional heads
+        settings["positional_heads"] = [list(h) for h in POSITIONAL_HEADS]
+    digest.update(json.dumps(settings).encode())
     for text in sorted(set(corpus)):
         digest.update(b"\0" + text.encode())
     return digest.hexdigest()[:16]
@@ -238,7 +257,114 @@ def _write_tiny_model(corpus: list[str], folder: Path) -> None:
         torch.nn.init.normal_(model.lm_head.weight, mean=0.0, std=LM_HEAD_STD)
     finally:
         torch.random.set_rng_state(generator_state)
+    if uses_markup(corpus):
+        add_positional_heads(model)
     model.generation_config.pad_token_id = hf_tokenizer.pad_token_id
     model.generation_config.eos_token_id = hf_tokenizer.eos_token_id
     model.save_pretrained(folder)
     hf_tokenizer.save_pretrained(folder)
+
+
+def rope_frequencies(config: Any) -> Any:
+    """RoPE's angular frequencies θ_i for one head (Llama's default rotary embedding)."""
+    import numpy as np
+
+    head_dim = config.hidden_size // config.num_attention_heads
+    base = (getattr(config, "rope_parameters", None) or {}).get("rope_theta", 10000.0)
+    return 1.0 / base ** (np.arange(0, head_dim, 2) / head_dim)
+
+
+def positional_kernel(theta: Any, kind: str, width: int) -> Any:
+    """Weights (a_i, b_i) of score(Δ) = Σ a_i cos(θ_i Δ) + b_i sin(θ_i Δ), each at most 10
+    (previous) or 5 (window) in size: margins of about 9 and 20-50 nats.
+
+    `previous`: the largest margin between Δ = width (1: the previous token) and every other
+    distance. `window`: scores within 1 of the top for Δ <= width and as far below as
+    possible from Δ >= 2·width on. Both are linear programs over Δ = 0 .. POSITIONAL_SPAN - 1.
+    """
+    import numpy as np
+    from scipy.optimize import linprog
+
+    distances = np.arange(POSITIONAL_SPAN)
+    basis = np.concatenate(
+        [np.cos(np.outer(distances, theta)), np.sin(np.outer(distances, theta))], axis=1
+    )
+    # Variables: the weights, then the margin t (maximised).
+    rows, bounds = [], []
+    equal: dict[str, Any] = {}
+    if kind == "previous":
+        # f(width) = 0 and f(d) <= -t elsewhere: the score is scaled by how far each token's
+        # normalised constant channel strays from its mean, which must not move the top.
+        equal = {"A_eq": np.r_[basis[width], 0.0][None, :], "b_eq": np.zeros(1)}
+        for d in distances:
+            if d != width:
+                rows.append(np.r_[basis[d], 1.0])
+                bounds.append(0.0)
+    else:
+        for d in distances:
+            rows.append(np.r_[basis[d], 0.0])  # f(d) <= 0
+            bounds.append(0.0)
+            if d <= width:  # f(d) >= -1
+                rows.append(np.r_[-basis[d], 0.0])
+                bounds.append(1.0)
+            if d >= 2 * width:  # f(d) <= -t
+                rows.append(np.r_[basis[d], 1.0])
+                bounds.append(0.0)
+    size = basis.shape[1]
+    limit = 10.0 if kind == "previous" else 5.0
+    result = linprog(
+        np.r_[np.zeros(size), -1.0],
+        A_ub=np.array(rows),
+        b_ub=np.array(bounds),
+        bounds=[(-limit, limit)] * size + [(None, None)],
+        method="highs",
+        **equal,
+    )
+    if not result.success:  # pragma: no cover - the programs are feasible by construction
+        raise RuntimeError(f"no {kind} kernel of width {width}: {result.message}")
+    return result.x[:size]
+
+
+def add_positional_heads(model: Any) -> None:
+    """Give the model POSITIONAL_HEADS (see there), in place.
+
+    Every token's embedding holds CONSTANT_VALUE in the constant channel; the chosen heads'
+    queries and keys read only that channel, every other head and MLP ignores it, and no
+    layer writes to it, so each layer's normalised input keeps it at about the same value.
+    """
+    import torch
+
+    config = model.config
+    head_dim = config.hidden_size // config.num_attention_heads
+    theta = rope_frequencies(config)
+    pairs = len(theta)
+    channel = config.hidden_size + CONSTANT_CHANNEL if CONSTANT_CHANNEL < 0 else CONSTANT_CHANNEL
+    with torch.no_grad():
+        embed = model.get_input_embeddings().weight
+        embed[:, channel] = CONSTANT_VALUE
+        # The channel's value after RMSNorm, given the other channels' spread.
+        others = torch.cat([embed[:, :channel], embed[:, channel + 1 :]], dim=1)
+        rms = torch.sqrt((others.pow(2).sum(1) + CONSTANT_VALUE**2) / config.hidden_size)
+        normalised = float((CONSTANT_VALUE / rms).mean())
+        for layer in model.model.layers:
+            attention = layer.self_attn
+            attention.q_proj.weight[:, channel] = 0.0
+            attention.k_proj.weight[:, channel] = 0.0
+            attention.o_proj.weight[channel] = 0.0
+            layer.mlp.down_proj.weight[channel] = 0.0
+        for layer_index, head, kind, width in POSITIONAL_HEADS:
+            weights = positional_kernel(theta, kind, width)
+            cos_part, sin_part = weights[:pairs], weights[pairs:]
+            # q·k over a RoPE pair is Re[z_q conj(z_k) e^{jθΔ}]; with z_k = 1 and
+            # z_q = a - jb that is a cos(θΔ) + b sin(θΔ). Attention divides by sqrt(head_dim).
+            scale = head_dim**0.5 / normalised**2
+            query = torch.zeros(head_dim)
+            query[:pairs] = torch.tensor(cos_part * scale)
+            query[pairs:] = torch.tensor(-sin_part * scale)
+            key = torch.zeros(head_dim)
+            key[:pairs] = 1.0
+            attention = model.model.layers[layer_index].self_attn
+            rows = slice(head * head_dim, (head + 1) * head_dim)
+            for projection, vector in ((attention.q_proj, query), (attention.k_proj, key)):
+                projection.weight[rows] = 0.0
+                projection.weight[rows, channel] = vector

@@ -126,20 +126,17 @@ def test_pipeline_trial_reports_validity_metrics(tmp_path: Path) -> None:
     assert len(samples) == len(load_task(spec).eval_cases())
 
 
-def test_chat_train_reports_chat_metrics_and_writes_its_split(tmp_path: Path) -> None:
-    result = run_cli(
-        "train",
-        str(SPECS / "chat_tiny.yaml"),
-        "--set",
-        "train.epochs=1",
-        "--out",
-        str(tmp_path),
-    )
+def test_chat_train_makes_valid_tool_calls_on_held_out_conversations(tmp_path: Path) -> None:
+    # The spec as shipped: 12 epochs, about 150 s on a quiet 2-core machine (not asserted
+    # here: the suite runs it beside other tests).
+    started = time.monotonic()
+    result = run_cli("train", str(SPECS / "chat_tiny.yaml"), "--out", str(tmp_path))
+    elapsed = time.monotonic() - started
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads(result.stdout.strip().splitlines()[-1])
-    for key in ("tool_call_valid", "tool_name_accuracy", "arguments_exact", "answer_exact"):
-        assert 0.0 <= metrics[key] <= 1.0
-    assert 0.0 <= metrics["chat_score"] <= 1.0
+    assert metrics["tool_call_valid"] >= 0.8, (metrics, f"{elapsed:.0f}s")
+    # ... and not by making one call for every question: the right tool (or rightly none)
+    assert metrics["tool_name_accuracy"] >= 0.7, metrics
     task = load_task(load_spec(SPECS / "chat_tiny.yaml"))
     assert json.loads((tmp_path / "split.json").read_text()) == task.split_record()
     samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
