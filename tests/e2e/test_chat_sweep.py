@@ -24,7 +24,7 @@ def test_chat_sweep_optimises_chat_score_and_tests_only_the_registered_version(
     result = run_cli(
         "sweep",
         str(SPECS / "chat_tiny.yaml"),
-        *overrides("search.num_trials=2", "search.max_concurrent_trials=1", "train.epochs=2"),
+        *overrides("search.num_trials=2", "search.max_concurrent_trials=1", "train.epochs=1"),
         cwd=tmp_path,
         env={"MLFLOW_TRACKING_URI": uri},
     )
