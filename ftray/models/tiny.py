@@ -108,7 +108,6 @@ LM_HEAD_STD = float(os.environ.get("FTRAY_TINY_HEAD_STD", "0.15"))
 # Δ apart is a sum of cos(θ·Δ) and sin(θ·Δ) over RoPE's frequencies θ, with weights solved
 # as linear programs (`positional_kernel`).
 POSITIONAL_HEADS = ((0, 0, "previous", 1), (0, 1, "window", 8), (1, 0, "window", 32))
-CONSTANT_CHANNEL = -1  # the last embedding dimension
 CONSTANT_VALUE = 0.085  # about 4 after RMSNorm beside the other channels' N(0, 0.02)
 POSITIONAL_SPAN = 1024  # distances the kernels are solved over (max_position_embeddings)
 
@@ -138,7 +137,11 @@ def tiny_model_key(corpus: list[str]) -> str:
         "head": LM_HEAD_STD,
     }
     if uses_markup(corpus):  # only chat corpora get the positional heads
-        settings["positional_heads"] = [list(h) for h in POSITIONAL_HEADS]
+        settings["positional_heads"] = {
+            "heads": [list(h) for h in POSITIONAL_HEADS],
+            "constant": CONSTANT_VALUE,
+            "span": POSITIONAL_SPAN,
+        }
     digest.update(json.dumps(settings).encode())
     for text in sorted(set(corpus)):
         digest.update(b"\0" + text.encode())
@@ -328,17 +331,17 @@ def positional_kernel(theta: Any, kind: str, width: int) -> Any:
 def add_positional_heads(model: Any) -> None:
     """Give the model POSITIONAL_HEADS (see there), in place.
 
-    Every token's embedding holds CONSTANT_VALUE in the constant channel; the chosen heads'
+    Every token's embedding holds CONSTANT_VALUE in its last channel; the chosen heads'
     queries and keys read only that channel, every other head and MLP ignores it, and no
     layer writes to it, so each layer's normalised input keeps it at about the same value.
     """
     import torch
 
     config = model.config
-    head_dim = config.hidden_size // config.num_attention_heads
     theta = rope_frequencies(config)
     pairs = len(theta)
-    channel = config.hidden_size + CONSTANT_CHANNEL if CONSTANT_CHANNEL < 0 else CONSTANT_CHANNEL
+    head_dim = 2 * pairs
+    channel = config.hidden_size - 1
     with torch.no_grad():
         embed = model.get_input_embeddings().weight
         embed[:, channel] = CONSTANT_VALUE
