@@ -164,8 +164,8 @@ def handwritten_sweep(base: str, trials: int, epochs: int, slots: int, storage: 
     ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1")
     space = {
         "r": tune.choice([4, 8, 16, 32]),
-        "lr": tune.loguniform(1e-4, 3e-2),
-        "trigger_ratio": tune.uniform(0.05, 0.5),
+        "lr": tune.loguniform(1e-3, 1e-2),
+        "trigger_ratio": tune.uniform(0.25, 0.5),
         "base": base,
         "epochs": epochs,
     }

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import shlex
 import shutil
 import signal
 import socket
@@ -50,9 +52,12 @@ def demo_sweeps(work: Path) -> str:
     uri = f"sqlite:///{work / 'mlflow.db'}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "HF_HUB_OFFLINE": "1"}
     spec = ROOT / "search_spaces" / "trigger_tiny.yaml"
+    # The `--set` arguments `make demo` adds to the spec (the Makefile's DEMO_SETS).
+    (sets,) = re.findall(r"^DEMO_SETS = (.*)$", (ROOT / "Makefile").read_text(), re.MULTILINE)
     for seed in (1, 0):
         subprocess.run(
-            [str(BIN / "ftray"), "--quiet", "sweep", str(spec), "--set", f"train.seed={seed}"],
+            [str(BIN / "ftray"), "--quiet", "sweep", str(spec), *shlex.split(sets)]
+            + ["--set", f"train.seed={seed}"],
             cwd=work,
             env=env,
             check=True,

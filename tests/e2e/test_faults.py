@@ -142,7 +142,7 @@ def diverging_spec(tmp_path: Path) -> Path:
         .read_text()
         .replace("../datasets", str(SPECS.parent / "datasets"))
     )
-    text = text.replace("    train.learning_rate: {loguniform: [1.0e-4, 3.0e-2]}\n", "")
+    text = text.replace("    train.learning_rate: {loguniform: [1.0e-3, 1.0e-2]}\n", "")
     assert "train.learning_rate: {" not in text
     path = tmp_path / "diverging.yaml"
     path.write_text(text)

@@ -26,8 +26,8 @@ def test_same_spec_and_seed_give_the_same_first_proposals() -> None:
 def test_proposals_stay_inside_the_space() -> None:
     for proposal in first_proposals(n=8):
         assert proposal["lora.r"] in (4, 8, 16, 32)
-        assert 1.0e-4 <= proposal["train.learning_rate"] <= 3.0e-2
-        assert 0.05 <= proposal["task.trigger_ratio"] <= 0.5
+        assert 1.0e-3 <= proposal["train.learning_rate"] <= 1.0e-2
+        assert 0.25 <= proposal["task.trigger_ratio"] <= 0.5
 
 
 def test_distribution_mapping() -> None:
@@ -39,7 +39,7 @@ def test_distribution_mapping() -> None:
     lr = optuna_distribution(space["train.learning_rate"])
     assert isinstance(lr, optuna.distributions.FloatDistribution) and lr.log
     ratio = optuna_distribution(space["task.trigger_ratio"])
-    assert not ratio.log and (ratio.low, ratio.high) == (0.05, 0.5)
+    assert not ratio.log and (ratio.low, ratio.high) == (0.25, 0.5)
     spec = spec.with_values({"search.space": {"train.epochs": {"int": [2, 5]}}})
     epochs = optuna_distribution(spec.search.space["train.epochs"])
     assert isinstance(epochs, optuna.distributions.IntDistribution) and (

@@ -96,10 +96,10 @@ def test_low_above_high_is_a_spec_error(tmp_path: Path) -> None:
     text = (
         (SPECS / "trigger_tiny.yaml")
         .read_text()
-        .replace("{loguniform: [1.0e-4, 3.0e-2]}", "{loguniform: [3.0e-2, 1.0e-4]}")
+        .replace("{loguniform: [1.0e-3, 1.0e-2]}", "{loguniform: [1.0e-2, 1.0e-3]}")
     )
     (tmp_path / "s.yaml").write_text(text)
-    with pytest.raises(InputError, match="low=0.03 must be below high=0.0001"):
+    with pytest.raises(InputError, match="low=0.01 must be below high=0.001"):
         load_spec(tmp_path / "s.yaml")
 
 
