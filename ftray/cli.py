@@ -105,10 +105,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         # Bad input exits 2 here, before Ray or MLflow is imported.
         return _sweep_each_step(args, spec, prepare_each_step(spec, args.step))
 
-    from ftray.sweep.space import prepare_sweep
+    from ftray.sweep.space import checked_base, prepare_sweep
 
     task = prepare_sweep(spec)  # bad input exits 2 here, before Ray or MLflow is imported
+    base = None
+    if not args.resume:  # a resume first checks the spec against the recorded one
+        from ftray.sweep.ray_session import start_ray_early
 
+        base = checked_base(spec, task, spec.name)  # the data's check, before Ray starts
+        # Ray starts (seconds) while the driver imports MLflow and opens the tracking store.
+        start_ray_early()
     from mlflow import MlflowClient
 
     from ftray.sweep.pending import PendingTimeout
@@ -118,7 +124,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from ftray.tracking.store import tracking_uri
 
     try:
-        result = run_sweep(spec, task, resume=args.resume, force=args.force, new=args.new)
+        result = run_sweep(
+            spec,
+            task,
+            resume=args.resume,
+            force=args.force,
+            new=args.new,
+            release_ray=True,
+            base=base,
+        )
     except NothingToResume:
         print(f"the last sweep of '{spec.name}' already finished; nothing to resume")
         print(render_leaderboard(MlflowClient(tracking_uri(spec)), spec))

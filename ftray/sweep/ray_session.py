@@ -9,10 +9,16 @@ cluster that does not answer, so the head is checked first, in bounded time.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import importlib
+import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -23,7 +29,113 @@ GCS_CHECK_TIMEOUT_S = 30.0
 PROBE_TIMEOUT_S = 10.0
 """How long one TCP connection to the cluster's address may take."""
 
+START_WAIT_AT_EXIT_S = 120.0
+"""How long a driver that exits while `start_ray_early`'s Ray still starts waits for it."""
+
+RAY_INIT_IMPORTS = (
+    "ray._common.usage.usage_lib",
+    "ray._private.runtime_env.uv_runtime_env_hook",
+    "ray._private.thirdparty.pynvml",
+    "ray.autoscaler.v2.utils",
+    "ray.dashboard.optional_deps",
+)
+"""Modules `ray.init` imports on its first call (Ray 2.60), imported before it runs in a
+thread so that the thread and the driver never import the same modules at once."""
+
 log = get_logger()
+_starting: _RayStart | None = None
+_own_ray = False
+
+
+class _RayStart(threading.Thread):
+    """`init_ray` in a thread that then stays alive: Ray starts its GCS and raylet with
+    PR_SET_PDEATHSIG, so they are killed when the *thread* that started them ends. A daemon,
+    so it never holds up the exit; Ray's exit handler stops the processes. Its exception, if
+    any, is kept for `init_ray` to raise."""
+
+    def __init__(self) -> None:
+        super().__init__(name="ftray-ray", daemon=True)
+        self.error: BaseException | None = None
+        self.ready = threading.Event()
+
+    def run(self) -> None:
+        try:
+            _init_ray_now()
+        except BaseException as exc:  # re-raised in the thread that waits for Ray
+            self.error = exc
+        finally:
+            self.ready.set()
+        if self.error is None:
+            threading.Event().wait()  # keeps Ray's processes alive until the process exits
+
+    def wait_started(self, timeout: float | None = None) -> None:
+        self.ready.wait(timeout)
+
+
+class _NotMainThread(logging.Filter):
+    """Drops Ray's warning that a `ray.init` off the main thread sets no SIGTERM handler
+    (`start_ray_early` sets the same handler itself)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "SIGTERM handler is not set" not in record.getMessage()
+
+
+def set_tune_environment() -> None:
+    """The environment Ray Tune reads, set before Ray starts (values set already stay)."""
+    # Trials checkpoint every epoch; Tune's advice to checkpoint less is noise here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Save Tune's experiment state often (default: at most every 10 s), so a killed driver
+    # loses little: trials it had just started but never saved are replaced on resume.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+    # Tune's newer console output prints a configuration box and a TensorBoard hint to
+    # stdout whatever `verbose` says; the classic reporter honours verbose=0.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Tune's default loggers include TensorBoard's, whose import pulls torch into this
+    # driver (seconds, for files nobody here reads); build_tuner adds the CSV and JSON ones.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+
+
+def start_ray_early() -> None:
+    """Start `init_ray` in a thread, so that Ray's start (seconds, mostly waiting for its
+    processes) overlaps the driver's own preparation; `init_ray` waits for it."""
+    global _starting
+    import ray
+
+    if _starting is not None or ray.is_initialized():
+        return
+    set_tune_environment()
+    for module in RAY_INIT_IMPORTS:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(module)
+    if threading.current_thread() is threading.main_thread():
+        # What ray.init sets on the main thread: SIGTERM (`ray job stop`) exits through
+        # SystemExit, so open MLflow runs are closed.
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        logging.getLogger("ray._private.worker").addFilter(_NotMainThread())
+    _starting = _RayStart()
+    _starting.start()
+    # Runs before Ray's own exit handler (registered when ray was imported): a driver that
+    # fails while Ray still starts lets it finish starting, so that handler stops all of it.
+    atexit.register(_starting.wait_started, START_WAIT_AT_EXIT_S)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    sys.exit(signum)
+
+
+def release_ray_in_background() -> threading.Thread | None:
+    """Stop a Ray of this process's own in a thread (its processes take seconds to stop), so
+    the driver's last work overlaps it; None when this process joined a cluster or started
+    no Ray. The thread is not a daemon: the process exits once Ray has stopped."""
+    global _own_ray
+    import ray
+
+    if not _own_ray or not ray.is_initialized():
+        return None
+    _own_ray = False
+    stopping = threading.Thread(target=ray.shutdown, name="ftray-ray-shutdown")
+    stopping.start()
+    return stopping
 
 
 class ClusterUnreachable(RuntimeError):
@@ -42,7 +154,20 @@ class ClusterUnreachable(RuntimeError):
 
 def init_ray() -> None:
     """Join the cluster named by RAY_ADDRESS (as under `ray job submit`), else start a Ray of
-    this process's own; raise ClusterUnreachable when the cluster does not answer."""
+    this process's own; raise ClusterUnreachable when the cluster does not answer. Waits for
+    the start `start_ray_early` began, and raises what it raised."""
+    global _starting
+    if _starting is not None:
+        starting, _starting = _starting, None
+        starting.wait_started()
+        if starting.error is not None:
+            raise starting.error
+        return
+    _init_ray_now()
+
+
+def _init_ray_now() -> None:
+    global _own_ray
     import ray
 
     if ray.is_initialized():
@@ -52,6 +177,7 @@ def init_ray() -> None:
         join_cluster(given)
     else:
         start_local_ray()
+        _own_ray = True
 
 
 def start_local_ray() -> None:

@@ -17,11 +17,11 @@ from ftray.log import get_logger, library_prints_to_debug, quiet_library_logs
 from ftray.sweep.callback import RecordTrials
 from ftray.sweep.objectives import TrialOutcome, choose_winner, pareto_front, ranked
 from ftray.sweep.pending import PendingTimeout, PendingWatch, trial_resources, warn_if_unavailable
-from ftray.sweep.ray_session import init_ray
+from ftray.sweep.ray_session import init_ray, release_ray_in_background, set_tune_environment
 from ftray.sweep.register import register_winner
 from ftray.sweep.resume import SPEC_ARTIFACT, sweep_to_continue, with_recorded_stopping
 from ftray.sweep.searcher import build_scheduler, build_searcher
-from ftray.sweep.space import asha_max_t, asha_rungs, shortest_seq_length
+from ftray.sweep.space import asha_max_t, asha_rungs, checked_base
 from ftray.sweep.storage import StorageGuard, guard_shared_storage, storage_problem
 from ftray.tasks import Task
 from ftray.tracking.leaderboard import describe_pruning
@@ -56,7 +56,6 @@ from ftray.tracking.tags import (
     TUNE_EXPERIMENT,
     TrialStatus,
 )
-from ftray.training.trial import check_answer_lengths_locally, prepare_base
 
 RESULTS_DIR = "ray_results"
 log = get_logger()
@@ -424,23 +423,17 @@ def run_sweep(
     force: bool = False,
     step_of: StepOf | None = None,
     new: bool = False,
+    release_ray: bool = False,
+    base: str | None = None,
 ) -> SweepResult:
     """Run (or resume) the sweep of a spec checked by `prepare_sweep` (with `step_of`: one
     step's sweep of an each-step run); every MLflow run it opens is closed whatever happens.
     A new sweep while the last one is unfinished needs `new` (UnfinishedSweep otherwise);
     `resume` refuses a spec that shapes trials differently from the recorded one
-    (InputError)."""
-    # Trials checkpoint every epoch; Tune's advice to checkpoint less is noise here.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    # Save Tune's experiment state often (default: at most every 10 s), so a killed driver
-    # loses little: trials it had just started but never saved are replaced on resume.
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
-    # Tune's newer console output prints a configuration box and a TensorBoard hint to
-    # stdout whatever `verbose` says; the classic reporter honours verbose=0.
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    # Tune's default loggers include TensorBoard's, whose import pulls torch into this
-    # driver (seconds, for files nobody here reads); build_tuner adds the CSV and JSON ones.
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    (InputError). With `release_ray` (the last sweep this process runs), a Ray of this
+    process's own starts stopping once the winner is registered, while the plots are made.
+    `base` is what `checked_base` returned, when the caller ran it already."""
+    set_tune_environment()
     import mlflow
     import optuna  # noqa: F401  (imported before its logger's level is set, or it resets it)
     from mlflow import MlflowClient
@@ -449,10 +442,8 @@ def run_sweep(
     assert spec.search is not None
     started = time.monotonic()
     label = spec.name if step_of is None else f"{spec.name} step {step_of.step}"
-    log.info(f"preparing data and base model for {label}")
-    base = prepare_base(spec, task)  # the tiny model is built once, here, not per trial
-    # Rows that would train nothing in some trial: exit 2 now, not in every such trial.
-    check_answer_lengths_locally(spec, task, base, shortest_seq_length(spec))
+    if base is None:
+        base = checked_base(spec, task, label)
 
     phases = {"prepare": time.monotonic() - started}
     store = find_store(None, spec)
@@ -571,6 +562,8 @@ def run_sweep(
         else:
             log.warning("no trial finished with a checkpoint; nothing registered")
         phases["registration"] = time.monotonic() - mark
+        if release_ray:
+            release_ray_in_background()
         mark = time.monotonic()
         log_sweep_plots(spec, client, parent_id, outcomes)
         phases["plots"] = time.monotonic() - mark

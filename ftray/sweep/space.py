@@ -261,6 +261,18 @@ def shortest_seq_length(spec: Spec) -> int:
     return min(int(value) for value in searched.values())
 
 
+def checked_base(spec: Spec, task: Task, label: str) -> str:
+    """The sweep's base model, prepared (the tiny model is built once, here, not per trial),
+    after the last input check before Ray starts: rows that would train nothing in some trial
+    exit 2 now, not in every such trial."""
+    from ftray.training.trial import check_answer_lengths_locally, prepare_base
+
+    log.info(f"preparing data and base model for {label}")
+    base = prepare_base(spec, task)
+    check_answer_lengths_locally(spec, task, base, shortest_seq_length(spec))
+    return base
+
+
 def max_epochs(spec: Spec) -> int:
     """The most epochs any trial can run (train.epochs may itself be searched)."""
     assert spec.search is not None
