@@ -108,11 +108,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from ftray.sweep.space import checked_base, prepare_sweep
 
     task = prepare_sweep(spec)  # bad input exits 2 here, before Ray or MLflow is imported
-    base = None
+    prepared = None
     if not args.resume:  # a resume first checks the spec against the recorded one
         from ftray.sweep.ray_session import start_ray_early
 
-        base = checked_base(spec, task, spec.name)  # the data's check, before Ray starts
+        prepared = checked_base(spec, task, spec.name)  # the data's check, before Ray starts
         # Ray starts (seconds) while the driver imports MLflow and opens the tracking store.
         start_ray_early()
     from mlflow import MlflowClient
@@ -131,7 +131,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             force=args.force,
             new=args.new,
             release_ray=True,
-            base=base,
+            prepared=prepared,
         )
     except NothingToResume:
         print(f"the last sweep of '{spec.name}' already finished; nothing to resume")

@@ -21,7 +21,7 @@ from ftray.sweep.ray_session import init_ray, release_ray_in_background, set_tun
 from ftray.sweep.register import register_winner
 from ftray.sweep.resume import SPEC_ARTIFACT, sweep_to_continue, with_recorded_stopping
 from ftray.sweep.searcher import build_scheduler, build_searcher
-from ftray.sweep.space import asha_max_t, asha_rungs, checked_base
+from ftray.sweep.space import CheckedBase, asha_max_t, asha_rungs, checked_base
 from ftray.sweep.storage import StorageGuard, guard_shared_storage, storage_problem
 from ftray.tasks import Task
 from ftray.tracking.leaderboard import describe_pruning
@@ -424,7 +424,7 @@ def run_sweep(
     step_of: StepOf | None = None,
     new: bool = False,
     release_ray: bool = False,
-    base: str | None = None,
+    prepared: CheckedBase | None = None,
 ) -> SweepResult:
     """Run (or resume) the sweep of a spec checked by `prepare_sweep` (with `step_of`: one
     step's sweep of an each-step run); every MLflow run it opens is closed whatever happens.
@@ -432,7 +432,7 @@ def run_sweep(
     `resume` refuses a spec that shapes trials differently from the recorded one
     (InputError). With `release_ray` (the last sweep this process runs), a Ray of this
     process's own starts stopping once the winner is registered, while the plots are made.
-    `base` is what `checked_base` returned, when the caller ran it already."""
+    `prepared` is what `checked_base` returned, when the caller ran it already."""
     set_tune_environment()
     import mlflow
     import optuna  # noqa: F401  (imported before its logger's level is set, or it resets it)
@@ -440,12 +440,12 @@ def run_sweep(
 
     quiet_library_logs()
     assert spec.search is not None
-    started = time.monotonic()
     label = spec.name if step_of is None else f"{spec.name} step {step_of.step}"
-    if base is None:
-        base = checked_base(spec, task, label)
-
-    phases = {"prepare": time.monotonic() - started}
+    checked = checked_base(spec, task, label) if prepared is None else prepared
+    base = checked.path
+    # The sweep's wall time counts the preparation, wherever it ran.
+    started = time.monotonic() - checked.seconds
+    phases = {"prepare": checked.seconds}
     store = find_store(None, spec)
     if store.path is not None and store.uri.startswith("sqlite:"):
         store.path.parent.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any
+import time
+from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
@@ -261,16 +262,25 @@ def shortest_seq_length(spec: Spec) -> int:
     return min(int(value) for value in searched.values())
 
 
-def checked_base(spec: Spec, task: Task, label: str) -> str:
+class CheckedBase(NamedTuple):
+    """What `checked_base` prepared, and how long preparing and checking took (the sweep's
+    `time/prepare`, whichever of the CLI and `run_sweep` ran it)."""
+
+    path: str
+    seconds: float
+
+
+def checked_base(spec: Spec, task: Task, label: str) -> CheckedBase:
     """The sweep's base model, prepared (the tiny model is built once, here, not per trial),
     after the last input check before Ray starts: rows that would train nothing in some trial
     exit 2 now, not in every such trial."""
     from ftray.training.trial import check_answer_lengths_locally, prepare_base
 
+    started = time.monotonic()
     log.info(f"preparing data and base model for {label}")
     base = prepare_base(spec, task)
     check_answer_lengths_locally(spec, task, base, shortest_seq_length(spec))
-    return base
+    return CheckedBase(base, time.monotonic() - started)
 
 
 def max_epochs(spec: Spec) -> int:
