@@ -181,7 +181,8 @@ class PeftBackend:
     name = "peft"
 
     def load(self, base: str, model: ModelSpec, lora: LoraSpec, seed: int) -> tuple[Any, Any]:
-        """Load the base (4-bit when `model.load_in_4bit`) and attach a fresh LoRA adapter."""
+        """Load the base (4-bit when `model.load_in_4bit`, quantized once per machine: see
+        `ftray.models.quantized`) and attach a fresh LoRA adapter."""
         import torch
         from peft import get_peft_model
 
@@ -190,7 +191,12 @@ class PeftBackend:
             kwargs["revision"] = model.revision
         if torch.cuda.is_available():
             kwargs["device_map"] = {"": torch.cuda.current_device()}
-        base_model = load_safetensors_model(base, **kwargs)
+        if model.load_in_4bit:
+            from ftray.models.quantized import load_4bit_base
+
+            base_model = load_4bit_base(base, model.revision, kwargs)
+        else:
+            base_model = load_safetensors_model(base, **kwargs)
         base_model.config.use_cache = False
         torch.manual_seed(seed)
         peft_model = get_peft_model(base_model, lora_config(lora))

@@ -146,7 +146,10 @@ def build_trainer(
     backend = backend or select_backend(spec.model.backend)
     # Ray may start this trial before the previous one on its GPU has let go.
     wait_for_gpu_share(spec.resources_per_trial.gpu)
-    # The backend goes first: Unsloth must be imported before trl/transformers.
+    # The backend goes first: Unsloth must be imported before trl/transformers; the peft
+    # backend loads quietly (no progress bars, no bitsandbytes kernel notice).
+    if backend.name != "unsloth":
+        quiet_libraries()
     model, tokenizer = backend.load(base, spec.model, spec.lora, spec.train.seed)
     quiet_libraries()
     check_answer_lengths(task, tokenizer, spec.model.max_seq_length)
