@@ -1,5 +1,5 @@
 from __future__ import annotations
 
-from ftray.cli import main
+from ftray.cli import entry
 
-raise SystemExit(main())
+entry()

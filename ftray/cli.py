@@ -500,5 +500,37 @@ def main(argv: list[str] | None = None) -> int:
         raise
 
 
+def entry() -> None:
+    """The `ftray` command (and `python -m ftray`): `main`, then an exit that skips the
+    interpreter's teardown of the modules a sweep imported (MLflow, Ray Tune, Optuna,
+    SQLAlchemy...: 1.6 s after a sweep's last line, 0.4 s after MLflow alone).
+
+    The exit comes from an atexit handler registered before any library registers its
+    own, so it runs after all of them (Ray's shutdown, MLflow's, each `weakref.finalize`
+    such as a TemporaryDirectory's cleanup), and after the interpreter has joined every
+    non-daemon thread; it flushes logging and the standard streams and ends the process
+    with `main`'s exit code. When `main` raises instead, the interpreter exits as usual."""
+    import atexit
+
+    code: list[int] = []
+    atexit.register(_exit_without_teardown, code)
+    code.append(main())
+    sys.exit(code[0])
+
+
+def _exit_without_teardown(code: list[int]) -> None:
+    if not code:
+        return
+    import contextlib
+    import logging
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        # A closed pipe or stream: nothing more to keep.
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code[0])
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

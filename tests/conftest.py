@@ -55,10 +55,15 @@ def _ray_tmpdir() -> Iterator[Path]:
 def run_cli(
     *args: str, cwd: Path = ROOT, timeout: float = 600, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """`python -m ftray ARGS`; reports on stderr whether torch or ray got imported (bad input must not)."""
+    """`python -m ftray ARGS`, through the command's own entry point (`ftray.cli.entry`, its
+    exit included); reports on stderr whether torch or ray got imported (bad input must not)."""
     probe = (
-        "import sys; from ftray.cli import main; rc = main(sys.argv[1:]); "
-        "sys.stderr.write('HEAVY-IMPORT\\n' if {'torch', 'ray'} & set(sys.modules) else ''); sys.exit(rc)"
+        "import sys; import ftray.cli as cli; command = cli.main\n"
+        "def main():\n"
+        "    rc = command(sys.argv[1:])\n"
+        "    sys.stderr.write('HEAVY-IMPORT\\n' if {'torch', 'ray'} & set(sys.modules) else '')\n"
+        "    return rc\n"
+        "cli.main = main; cli.entry()"
     )
     return subprocess.run(
         [sys.executable, "-c", probe, *args],
