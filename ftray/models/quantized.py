@@ -110,6 +110,7 @@ def load_cached(entry: Path, base: str, kwargs: dict[str, Any]) -> Any | None:
             entry,
             exc,
         )
+        shutil.rmtree(entry, ignore_errors=True)  # so that the new copy replaces it
         return None
     # Adapters saved from this model name the base the user gave, not the cache folder.
     model.config.name_or_path = base

@@ -123,6 +123,9 @@ def test_a_damaged_copy_is_quantized_again(
     assert again == first
     assert reads == [tiny_base, str(entry), tiny_base]
     assert "could not be read" in caplog.text and "quantizing again" in caplog.text
+    # The damaged copy was replaced: the next load reads the new one.
+    assert weights(load_4bit(tiny_base)) == first
+    assert reads == [tiny_base, str(entry), tiny_base, str(entry)]
 
 
 def test_a_cache_that_cannot_be_written_costs_only_the_quantization(
