@@ -144,18 +144,33 @@ def load_base_model(base: str, revision: str | None, **kwargs: Any) -> Any:
 
 
 def load_for_inference(
-    base: str, adapter_dir: str, load_in_4bit: bool, revision: str | None = None
+    base: str,
+    adapter_dir: str,
+    load_in_4bit: bool,
+    revision: str | None = None,
+    keep_quantized: bool = True,
 ) -> tuple[Any, Any]:
     """(base with the adapter, in eval mode; the adapter's tokenizer) for generation.
 
-    `base` is a local folder or a Hugging Face id (see `load_base_model`).
+    `base` is a local folder or a Hugging Face id (see `load_base_model`). A 4-bit base is
+    read from the cache of quantized bases when this machine quantized it before (the
+    sweep's trials did, where the registered version is scored), and kept there otherwise;
+    `keep_quantized=False` for a base in a folder that will not be seen again (a served
+    model's bundled copy, downloaded afresh each time), which would only add copies.
     """
     import torch
 
     kwargs = base_model_kwargs(load_in_4bit)
     if torch.cuda.is_available():
         kwargs["device_map"] = {"": torch.cuda.current_device()}
-    base_model = load_base_model(base, revision, **kwargs)
+    if load_in_4bit and keep_quantized:
+        from ftray.models.quantized import load_4bit_base
+
+        base_model = load_4bit_base(
+            base, revision, kwargs, lambda: load_base_model(base, revision, **kwargs)
+        )
+    else:
+        base_model = load_base_model(base, revision, **kwargs)
     model = load_adapter(base_model, adapter_dir)
     model.eval()
     return model, load_tokenizer(adapter_dir)

@@ -4,12 +4,15 @@ Loading a base with `load_in_4bit` reads its full-precision checkpoint and quant
 linear layer to NF4 on the way in. The peft backend saves what bitsandbytes made under
 `$FTRAY_CACHE_DIR/quantized/<key>/` (else `~/.cache/ftray/quantized/`) the first time, and
 later loads of the same base (every other trial of a sweep on this machine, `ftray train`
-again) read the saved NF4 weights instead: about a quarter of the bytes, nothing to
-quantize. The weights are the same bytes either way, so training is unchanged.
+again, the registered version's test-split scoring, a served model whose base is not bundled)
+read the saved NF4 weights instead: about a quarter of the bytes, nothing to quantize. The
+weights are the same bytes either way, so training and answers are unchanged.
 
 The key covers the base's files (name, size, modification time; a Hub id through the
 commit its local snapshot holds), the quantization settings and dtype, and the versions of
-torch, transformers and bitsandbytes. Nothing here is required: a base that is not on this
+torch, transformers and bitsandbytes. The cache keeps one copy per base folder: saving a
+new one (the base's files or a library changed) removes the copies made from the same folder
+before. Nothing here is required: a base that is not on this
 machine, a cache that cannot be written or an entry that cannot be read costs only the
 quantization, with a warning for the last two.
 """
@@ -20,6 +23,7 @@ import hashlib
 import json
 import shutil
 import tempfile
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -31,6 +35,8 @@ log = get_logger()
 
 FORMAT = 1  # bump when what is saved, or how it is read, changes
 LIBRARIES = ("torch", "transformers", "bitsandbytes")
+SOURCE_FILE = "ftray-source.json"
+"""In each copy: the base folder it was made from, so that a newer copy replaces it."""
 
 
 def quantized_cache_root() -> Path:
@@ -85,8 +91,10 @@ def cache_entry(base: str, revision: str | None, kwargs: dict[str, Any]) -> Path
     """The cache folder for `base` loaded with `kwargs`; None when the base is not on this
     machine (nothing to key it by)."""
     folder = local_base_folder(base, revision)
-    if folder is None:
-        return None
+    return None if folder is None else _entry(folder, kwargs)
+
+
+def _entry(folder: Path, kwargs: dict[str, Any]) -> Path | None:
     try:
         return quantized_cache_root() / quantized_key(folder, quantization_settings(kwargs))
     except OSError:
@@ -131,19 +139,42 @@ def _save_quietly(model: Any, folder: Path) -> None:
             hf_logging.enable_progress_bar()
 
 
-def save_quantized(model: Any, entry: Path) -> None:
+def _source(entry: Path) -> str | None:
+    """The base folder a cached copy was made from; None for a copy that does not say."""
+    try:
+        return json.loads((entry / SOURCE_FILE).read_text())["base_folder"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def remove_older_copies(entry: Path, source: str) -> None:
+    """Remove the cached copies other than `entry` made from the base folder `source`: made
+    from older files, or by other library versions, no load of this machine reads them."""
+    for other in entry.parent.iterdir():
+        if other != entry and other.is_dir() and _source(other) == source:
+            log.debug("removing %s, an older quantized copy of %s", other, source)
+            shutil.rmtree(other, ignore_errors=True)
+
+
+def save_quantized(model: Any, entry: Path, folder: Path | None = None) -> None:
     """Save `model`'s quantized weights and config as `entry`, written beside it and renamed
-    into place so that a concurrent trial never reads a half-written one."""
+    into place so that a concurrent trial never reads a half-written one. With the base
+    `folder` it was loaded from, the copies made from that folder before are removed."""
     staging: Path | None = None
+    source = str(folder.resolve()) if folder is not None else None
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".saving-", dir=entry.parent))
         _save_quietly(model, staging)
+        if source is not None:
+            (staging / SOURCE_FILE).write_text(json.dumps({"base_folder": source}))
         try:
             staging.rename(entry)
         except OSError:
             if not (entry / "config.json").is_file():
                 raise  # not a concurrent trial's identical copy
+        if source is not None:
+            remove_older_copies(entry, source)
     except Exception as exc:  # a full disk or a read-only cache costs the next load only
         log.warning(
             "could not keep the quantized base in %s (%s); the next load quantizes it again",
@@ -155,17 +186,24 @@ def save_quantized(model: Any, entry: Path) -> None:
             shutil.rmtree(staging, ignore_errors=True)
 
 
-def load_4bit_base(base: str, revision: str | None, kwargs: dict[str, Any]) -> Any:
+def load_4bit_base(
+    base: str,
+    revision: str | None,
+    kwargs: dict[str, Any],
+    load: Callable[[], Any] | None = None,
+) -> Any:
     """`base` loaded with `kwargs` (which quantize it to 4 bits): from the cache when this
-    machine quantized it before, else quantized now and saved there."""
+    machine quantized it before, else quantized now by `load` (default: `from_pretrained`
+    with `kwargs`) and saved there."""
     from ftray.models.peft_backend import load_safetensors_model
 
-    entry = cache_entry(base, revision, kwargs)
+    folder = local_base_folder(base, revision)
+    entry = None if folder is None else _entry(folder, kwargs)
     if entry is not None:
         model = load_cached(entry, base, kwargs)
         if model is not None:
             return model
-    model = load_safetensors_model(base, **kwargs)
+    model = load() if load is not None else load_safetensors_model(base, **kwargs)
     if entry is not None:
-        save_quantized(model, entry)
+        save_quantized(model, entry, folder)
     return model

@@ -56,13 +56,16 @@ class AdapterModel(PythonModel):
         from ftray.models.peft_backend import load_for_inference
 
         config = context.model_config
-        base = context.artifacts.get("base") or config["base_model"]
+        bundled = context.artifacts.get("base")
         self.config = config
         self.model, self.tokenizer = load_for_inference(
-            base,
+            bundled or config["base_model"],
             context.artifacts["adapter"],
             bool(config.get("load_in_4bit", True)),
             config.get("base_revision"),
+            # A bundled base is downloaded to a new folder each time: a cached copy keyed by
+            # its files would never be read again.
+            keep_quantized=not bundled,
         )
 
     def predict(

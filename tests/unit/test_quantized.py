@@ -176,3 +176,63 @@ def test_a_trial_loads_and_quantizes_without_progress_bars(
     assert len(list(cache.iterdir())) == 1
     err = capfd.readouterr().err
     assert "Loading weights" not in err and "Writing model shards" not in err, err[-2000:]
+
+
+def test_a_newer_copy_of_a_base_replaces_the_older_one(
+    tiny_base: str, cache: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_base, base, copy_function=shutil.copy)  # files of their own times
+    load_4bit(str(base))
+    (older,) = cache.iterdir()
+    load_4bit(tiny_base)  # another base: its copy stays
+    (other,) = set(cache.iterdir()) - {older}
+
+    config = base / "config.json"
+    stat = config.stat()
+    os.utime(config, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # the base changed
+    load_4bit(str(base))
+    entries = set(cache.iterdir())
+    assert other in entries and older not in entries and len(entries) == 2
+    (newer,) = entries - {other}
+    assert quantized._source(newer) == str(base.resolve())
+
+
+def test_scoring_a_registered_adapter_reads_the_trials_copy(
+    tiny_base: str, cache: Path, tmp_path: Path, reads: list[str]
+) -> None:
+    import torch
+
+    trained = load_4bit(tiny_base)  # a trial: quantizes and keeps the copy
+    trained.save_pretrained(tmp_path / "adapter")  # type: ignore[attr-defined]
+    peft_backend.load_tokenizer(tiny_base).save_pretrained(tmp_path / "adapter")
+    (entry,) = cache.iterdir()
+
+    adapter = str(tmp_path / "adapter")
+    scored, _ = peft_backend.load_for_inference(tiny_base, adapter, load_in_4bit=True)
+    assert reads == [tiny_base, str(entry)]
+    # A served model's bundled base is quantized where it lies, and leaves no copy behind.
+    served, _ = peft_backend.load_for_inference(
+        tiny_base, adapter, load_in_4bit=True, keep_quantized=False
+    )
+    assert reads == [tiny_base, str(entry), tiny_base]
+    assert list(cache.iterdir()) == [entry]
+    ids = torch.tensor([[1, 5, 9, 13, 2]])
+    with torch.no_grad():
+        assert torch.equal(scored(input_ids=ids).logits, served(input_ids=ids).logits)
+
+
+def test_inference_on_a_base_not_quantized_before_keeps_a_copy(
+    tiny_base: str, cache: Path, tmp_path: Path, reads: list[str]
+) -> None:
+    load_4bit(tiny_base).save_pretrained(tmp_path / "adapter")  # type: ignore[attr-defined]
+    peft_backend.load_tokenizer(tiny_base).save_pretrained(tmp_path / "adapter")
+    import shutil
+
+    shutil.rmtree(cache)
+    peft_backend.load_for_inference(tiny_base, str(tmp_path / "adapter"), load_in_4bit=True)
+    peft_backend.load_for_inference(tiny_base, str(tmp_path / "adapter"), load_in_4bit=True)
+    (entry,) = cache.iterdir()
+    assert reads == [tiny_base, tiny_base, str(entry)]
