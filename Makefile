@@ -43,7 +43,8 @@ test: install lint test-tools
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=30 tests
 
 # The benchmarks (bench/README.md): each prints its figure last as `<name>: <number>`.
-# About half an hour on 2 cores; the README's Performance section quotes their output.
+# About 15 minutes on 2 cores (14 min 52 s on 2026-12-06); the README's Performance section
+# quotes their output.
 bench: install
 	$(BIN)/python bench/sweep_overhead.py
 	$(BIN)/python bench/vs_handwritten.py

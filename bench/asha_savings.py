@@ -20,7 +20,7 @@ of trials paused at each rung and resumed from their epoch checkpoints, REDUCTIO
 OptunaSearch) instead of PRUNED (ftray's): TPE reads the study only after its 10 random
 start-up trials, so compare it with `--trials` above 10.
 
-    .venv/bin/python bench/asha_savings.py [--seeds 0 1 2 --trials 8 --epochs 4]
+    .venv/bin/python bench/asha_savings.py [--seeds 0 1 2 --trials 8 --epochs 6]
     .venv/bin/python bench/asha_savings.py --prune default eval_loss:2 objective median/default
     .venv/bin/python bench/asha_savings.py --trials 20 --prune default default+partial
 
@@ -216,7 +216,7 @@ def main() -> None:
     parser.add_argument("--spec", type=Path, default=ROOT / "search_spaces" / "trigger_tiny.yaml")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--trials", type=int, default=8)
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--prune", nargs="+", default=["default"], metavar="CANDIDATE")
     parser.add_argument(
         "--keep", type=Path, metavar="DIR", help="write each sweep's per-epoch results here"

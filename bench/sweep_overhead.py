@@ -5,7 +5,7 @@ configuration, FIFO (no pruning), `--slots` at a time, and reads where the time 
 sweep's phases (the parent run's `time/*` metrics) and each trial's own seconds (the
 `seconds` each epoch's result carries in Tune's result files).
 
-    .venv/bin/python bench/sweep_overhead.py [--trials 8 --epochs 6 --slots 2 --repeats 1]
+    .venv/bin/python bench/sweep_overhead.py [--trials 8 --epochs 6 --slots 2 --repeats 3]
 
 Prints `sweep_overhead: <wall / (sum of the trials' train+evaluate seconds / slots)>` last
 (median over repeats).
@@ -125,7 +125,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--slots", type=int, default=2, help="trials at a time")
-    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
     runs = []

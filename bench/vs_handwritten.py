@@ -4,7 +4,7 @@ through a plain Ray Tune + OptunaSearch + TRL script (below, `handwritten_trial`
 loss, the trigger accuracy measured on the held-out prompts after every epoch; no tracking,
 no registry), side by side in one run, alternating.
 
-    .venv/bin/python bench/vs_handwritten.py [--trials 8 --epochs 4 --slots 2 --repeats 1]
+    .venv/bin/python bench/vs_handwritten.py [--trials 8 --epochs 4 --slots 2 --repeats 3]
 
 Prints `vs_handwritten: <ftray wall / handwritten wall>` last (median over repeats).
 """
@@ -200,7 +200,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--slots", type=int, default=2, help="trials at a time")
-    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--baseline", nargs=2, metavar=("BASE", "STORAGE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.baseline:

@@ -151,6 +151,8 @@ def remove_older_copies(entry: Path, source: str) -> None:
     """Remove the cached copies other than `entry` made from the base folder `source`: made
     from older files, or by other library versions, no load of this machine reads them."""
     for other in entry.parent.iterdir():
+        if other.name.startswith("."):  # another load's copy, still being written
+            continue
         if other != entry and other.is_dir() and _source(other) == source:
             log.debug("removing %s, an older quantized copy of %s", other, source)
             shutil.rmtree(other, ignore_errors=True)
