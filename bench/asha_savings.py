@@ -18,11 +18,15 @@ from GRACE on, once 3 trials have reported) or `hyperband` (synchronous HyperBan
 of trials paused at each rung and resumed from their epoch checkpoints, REDUCTION its eta).
 `+partial` tells Optuna a stopped trial's last value as a completed one (Ray's stock
 OptunaSearch) instead of PRUNED (ftray's): TPE reads the study only after its 10 random
-start-up trials, so compare it with `--trials` above 10.
+start-up trials, so compare it with `--trials` above 10 (or fewer start-up trials). A
+candidate may end with `,KEY=VALUE` spec overrides for its sweeps only, e.g.
+`default,search.startup_trials=3` (TPE from the fourth trial; the FIFO runs stay random).
 
     .venv/bin/python bench/asha_savings.py [--seeds 0 1 2 --trials 8 --epochs 6]
     .venv/bin/python bench/asha_savings.py --prune default eval_loss:2 objective median/default
     .venv/bin/python bench/asha_savings.py --trials 20 --prune default default+partial
+    .venv/bin/python bench/asha_savings.py --seeds 0 1 2 3 4 --prune default \
+        default,search.startup_trials=3
 
 Prints a table per candidate (median over seeds of the best-value gap to FIFO, of the share
 of FIFO's epochs and of the trials stopped while their objective read 0) and
@@ -80,8 +84,21 @@ sys.exit(main(sys.argv[3:]))
 """
 
 
+def candidate_sets(candidate: str) -> tuple[str, dict[str, str]]:
+    """A candidate without its trailing `,KEY=VALUE` overrides, and those overrides."""
+    head, *items = candidate.split(",")
+    sets: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--prune {candidate}: overrides are written ,KEY=VALUE")
+        sets[key] = value
+    return head, sets
+
+
 def parse_candidate(candidate: str) -> tuple[str, bool, str]:
     """SCHEDULER, whether `+partial`, and METRIC[:GRACE[:REDUCTION]] of one candidate."""
+    candidate = candidate_sets(candidate)[0]
     rest, partial = candidate, candidate.endswith("+partial")
     if partial:
         rest = rest[: -len("+partial")]
@@ -94,6 +111,7 @@ def parse_candidate(candidate: str) -> tuple[str, bool, str]:
 
 def prune_overrides(candidate: str, objective: str, mode: str) -> dict[str, Any]:
     """The `--set` overrides of one `--prune` candidate."""
+    sets = candidate_sets(candidate)[1]
     metric, *rest = parse_candidate(candidate)[2].split(":")
     if len(rest) > 2:
         raise SystemExit(f"--prune {candidate}: [SCHEDULER/]METRIC[:GRACE[:REDUCTION]][+partial]")
@@ -108,7 +126,7 @@ def prune_overrides(candidate: str, objective: str, mode: str) -> dict[str, Any]
         overrides["search.prune.grace_period"] = int(rest[0])
     if len(rest) == 2:
         overrides["search.prune.reduction_factor"] = float(rest[1])
-    return overrides
+    return {**overrides, **sets}
 
 
 def sweep(
@@ -249,7 +267,8 @@ def main() -> None:
         for candidate, (extra, variant) in candidates.items():
             asha, wall = measure(args.spec, seed, args.trials, args.epochs, "asha", extra, variant)
             walls[candidate].append(wall)
-            keep(candidate.replace(":", "_").replace("/", "-"), seed, asha)
+            name = candidate.replace(":", "_").replace("/", "-").replace(",", "+")
+            keep(name.replace("=", "-"), seed, asha)
             rows[candidate].append({"seed": seed, **compare(fifo, asha, args.epochs, objective)})
             print(f"seed {seed} {candidate}: {json.dumps(rows[candidate][-1])}", flush=True)
 

@@ -235,6 +235,10 @@ class SearchSpec(Frozen):
     # Retries of a trial that failed (its worker or node lost, or its code raising), each
     # resuming from the trial's last epoch checkpoint.
     max_failures: Int = Field(default=2, ge=0)
+    startup_trials: Int | None = Field(default=None, ge=1)
+    """Trials Optuna samples at random before TPE models the results (Optuna's
+    `n_startup_trials`); unset, Optuna's default of 10, so a sweep of 10 trials or fewer
+    is a random search."""
     scheduler: Literal["asha", "fifo"] = "asha"
     prune: PruneSpec = Field(default_factory=PruneSpec)
     pending_timeout: Float = Field(default=1800, gt=0)

@@ -11,8 +11,9 @@ from ftray.sweep.space import asha_max_t, optuna_space
 
 
 def build_searcher(spec: Spec, study_name: str | None = None) -> Any:
-    """OptunaSearch (TPE seeded by train.seed) over the spec's space; trials stopped early
-    are PRUNED in the study, never completed with a partial value.
+    """OptunaSearch (TPE seeded by train.seed, sampling `search.startup_trials` trials at
+    random first) over the spec's space; trials stopped early are PRUNED in the study,
+    never completed with a partial value.
 
     With several objectives it gets lists of metrics and modes (Optuna multi-objective; Tune
     then reports only final results to it). With `storage.optuna_url` the study lives in that
@@ -30,11 +31,14 @@ def build_searcher(spec: Spec, study_name: str | None = None) -> Any:
     url = spec.storage.optuna_url
     storage = PasswordFreeRDBStorage(url) if url else None
     several = len(goals) > 1
+    # Unset, Optuna's own default (10 random trials before TPE).
+    count = spec.search.startup_trials
+    startup = {} if count is None else {"n_startup_trials": count}
     return PruneAwareOptunaSearch(
         space=optuna_space(spec),
         metric=[g.metric for g in goals] if several else goals[0].metric,
         mode=[g.mode for g in goals] if several else goals[0].mode,
-        sampler=optuna.samplers.TPESampler(seed=spec.train.seed),
+        sampler=optuna.samplers.TPESampler(seed=spec.train.seed, **startup),
         storage=storage,
         study_name=study_name if storage is not None else None,
     )

@@ -195,6 +195,16 @@ def search_warnings(spec: Spec) -> list[Problem]:
                 f"at most {trials} trials ever run at once; lower it to {trials} or raise num_trials",
             )
         )
+    startup = search.startup_trials
+    if startup is not None and startup >= trials:
+        warnings.append(
+            source.problem(
+                ("search", "startup_trials"),
+                f"search.startup_trials {startup} is not less than search.num_trials {trials}: "
+                "every trial is sampled at random and TPE never proposes one; lower it or "
+                "raise num_trials",
+            )
+        )
     if search.scheduler == "fifo" and "prune" in search.model_fields_set:
         warnings.append(
             source.problem(

@@ -34,7 +34,22 @@ def test_candidates_become_prune_overrides() -> None:
         "search.prune.mode": "min",
         "search.prune.grace_period": 2,
     }
-    for bad in ("trigger_score", "eval_loss:1:2:3", "bohb/default", "median/trigger_score"):
+    assert bench.prune_overrides(
+        "eval_loss:2,search.startup_trials=3,train.seed=4", "trigger_score", "max"
+    ) == {
+        "search.prune.metric": "eval_loss",
+        "search.prune.mode": "min",
+        "search.prune.grace_period": 2,
+        "search.startup_trials": "3",
+        "train.seed": "4",
+    }
+    for bad in (
+        "trigger_score",
+        "eval_loss:1:2:3",
+        "bohb/default",
+        "median/trigger_score",
+        "default,startup",
+    ):
         with pytest.raises(SystemExit):
             bench.prune_overrides(bad, "trigger_score", "max")
 
@@ -44,6 +59,11 @@ def test_candidates_name_their_scheduler_and_what_optuna_is_told() -> None:
     assert bench.parse_candidate("default:2+partial") == ("asha", True, "default:2")
     assert bench.parse_candidate("median/eval_loss:2") == ("median", False, "eval_loss:2")
     assert bench.parse_candidate("hyperband/default+partial") == ("hyperband", True, "default")
+    assert bench.parse_candidate("median/default+partial,search.startup_trials=3") == (
+        "median",
+        True,
+        "default",
+    )
 
 
 def results(*epochs: tuple[str, int, float]) -> list[dict]:

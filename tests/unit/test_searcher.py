@@ -60,3 +60,38 @@ def test_scheduler_choice() -> None:
     assert isinstance(
         build_scheduler(spec.with_values({"search.scheduler": "fifo"})), FIFOScheduler
     )
+
+
+def proposals_after_two_results(*overrides: str) -> dict:
+    """The third proposal, once the first two trials completed (the second scoring best)."""
+    searcher = build_searcher(load_spec(SPECS / "trigger_tiny.yaml", list(overrides)))
+    for i, score in enumerate((0.1, 0.9)):
+        searcher.suggest(f"trial-{i}")
+        searcher.on_trial_complete(f"trial-{i}", {"trigger_score": score})
+    return searcher.suggest("trial-2")
+
+
+def test_startup_trials_sets_how_many_trials_are_random_before_tpe() -> None:
+    default = build_searcher(load_spec(SPECS / "trigger_tiny.yaml"))
+    assert default._sampler._n_startup_trials == 10  # Optuna's own default, unset
+    two = build_searcher(load_spec(SPECS / "trigger_tiny.yaml", ["search.startup_trials=2"]))
+    assert two._sampler._n_startup_trials == 2
+    # After two results TPE proposes the third from them; by default it is still random.
+    assert proposals_after_two_results("search.startup_trials=2") != proposals_after_two_results()
+    assert proposals_after_two_results("search.startup_trials=3") == proposals_after_two_results()
+
+
+def test_startup_trials_must_leave_trials_to_tpe_or_warn() -> None:
+    import pytest
+
+    from ftray.errors import InputError
+    from ftray.sweep.space import search_warnings
+
+    with pytest.raises(InputError, match="startup_trials"):
+        load_spec(SPECS / "trigger_tiny.yaml", ["search.startup_trials=0"])
+    spec = load_spec(SPECS / "trigger_tiny.yaml", ["search.startup_trials=8"])
+    (warning,) = search_warnings(spec)
+    assert "every trial is sampled at random" in str(warning)
+    assert (
+        search_warnings(load_spec(SPECS / "trigger_tiny.yaml", ["search.startup_trials=7"])) == []
+    )
