@@ -1,4 +1,4 @@
-"""Early-stopping savings: ftray's default search (TPE + ASHA with the default `search.prune`)
+r"""Early-stopping savings: ftray's default search (TPE + ASHA with the default `search.prune`)
 against random search + FIFO, the same trial budget, on a sample spec (default the trigger
 task; `--spec search_spaces/pipeline_tiny.yaml` the pipeline) with the `tiny` model, for
 several seeds (`train.seed` seeds the sampler and the training).
