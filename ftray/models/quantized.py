@@ -12,9 +12,9 @@ The key covers the base's files (name, size, modification time; a Hub id through
 commit its local snapshot holds), the quantization settings and dtype, and the versions of
 torch, transformers and bitsandbytes. The cache keeps one copy per base folder: saving a
 new one (the base's files or a library changed) removes the copies made from the same folder
-before. Nothing here is required: a base that is not on this
-machine, a cache that cannot be written or an entry that cannot be read costs only the
-quantization, with a warning for the last two.
+before. Nothing here is required: a base that is not on this machine, a cache that cannot be
+written or an entry that cannot be read costs only the quantization, with a warning for the
+last two.
 """
 
 from __future__ import annotations
@@ -87,16 +87,17 @@ def quantization_settings(kwargs: dict[str, Any]) -> dict[str, Any]:
     return {"quantization": config.to_dict(), "dtype": str(kwargs.get("dtype"))}
 
 
-def cache_entry(base: str, revision: str | None, kwargs: dict[str, Any]) -> Path | None:
-    """The cache folder for `base` loaded with `kwargs`; None when the base is not on this
-    machine (nothing to key it by)."""
+def cache_entry(
+    base: str, revision: str | None, kwargs: dict[str, Any]
+) -> tuple[Path, Path] | None:
+    """The folder holding `base` on this machine and the cache folder for it loaded with
+    `kwargs`; None when the base is not on this machine (nothing to key it by) or its files
+    cannot be read."""
     folder = local_base_folder(base, revision)
-    return None if folder is None else _entry(folder, kwargs)
-
-
-def _entry(folder: Path, kwargs: dict[str, Any]) -> Path | None:
+    if folder is None:
+        return None
     try:
-        return quantized_cache_root() / quantized_key(folder, quantization_settings(kwargs))
+        return folder, quantized_cache_root() / quantized_key(folder, quantization_settings(kwargs))
     except OSError:
         return None
 
@@ -199,13 +200,12 @@ def load_4bit_base(
     with `kwargs`) and saved there."""
     from ftray.models.peft_backend import load_safetensors_model
 
-    folder = local_base_folder(base, revision)
-    entry = None if folder is None else _entry(folder, kwargs)
-    if entry is not None:
-        model = load_cached(entry, base, kwargs)
+    cached = cache_entry(base, revision, kwargs)
+    if cached is not None:
+        model = load_cached(cached[1], base, kwargs)
         if model is not None:
             return model
     model = load() if load is not None else load_safetensors_model(base, **kwargs)
-    if entry is not None:
-        save_quantized(model, entry, folder)
+    if cached is not None:
+        save_quantized(model, cached[1], cached[0])
     return model
