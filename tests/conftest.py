@@ -52,6 +52,37 @@ def _ray_tmpdir() -> Iterator[Path]:
     shutil.rmtree(folder, ignore_errors=True)
 
 
+def ray_sessions(ray_tmpdir: Path) -> set[str]:
+    """The session folders under a RAY_TMPDIR: every Ray started with it leaves one (Ray's
+    `<RAY_TMPDIR>/ray/session_<time>_<pid>`), and it stays there after that Ray stops."""
+    return {p.name for p in (ray_tmpdir / "ray").glob("session_*") if p.name != "session_latest"}
+
+
+@pytest.fixture(autouse=True)
+def _no_ray_unless_slow(request: pytest.FixtureRequest, _ray_tmpdir: Path) -> Iterator[None]:
+    """A test not marked slow starts no Ray, in this process or in a process it starts:
+    `make check` (`-m "not slow"`) stays fast and leaves no Ray behind only while that holds.
+    A Ray such a test started, even one it stopped, fails it at teardown: a new session
+    folder under this process's RAY_TMPDIR (which the processes it starts inherit), or a Ray
+    still initialised in this process (one started with a RAY_TMPDIR of its own)."""
+    if request.node.get_closest_marker("slow") is not None:
+        yield
+        return
+    before = ray_sessions(_ray_tmpdir)
+    yield
+    started = sorted(ray_sessions(_ray_tmpdir) - before)
+    ray = sys.modules.get("ray")
+    in_process = ray is not None and getattr(ray, "is_initialized", lambda: False)()
+    if in_process:
+        ray.shutdown()  # so that the tests after this one are judged on their own
+    if started or in_process:
+        pytest.fail(
+            f"a test not marked slow started a Ray ({', '.join(started) or 'in this process'}):"
+            " mark it slow (and move it beside the tests that start Ray), or keep Ray out of it",
+            pytrace=False,
+        )
+
+
 def run_cli(
     *args: str, cwd: Path = ROOT, timeout: float = 600, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:

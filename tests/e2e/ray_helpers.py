@@ -112,10 +112,17 @@ def node_port_flags() -> list[str]:
     ]
 
 
+RAY_TEMPS: list[Path] = []
+"""The folders `short_ray_temp` made in this test process: besides RAY_TMPDIR, where the Rays
+this process started live, and where tests/e2e/conftest.py looks for any left running."""
+
+
 def short_ray_temp() -> Path:
     """A fresh folder for a Ray node's --temp-dir: Ray's socket paths under it must stay
     below 108 bytes, which a deep pytest tmp path can exceed."""
-    return Path(tempfile.mkdtemp(prefix="ftray-ray-", dir="/tmp"))
+    folder = Path(tempfile.mkdtemp(prefix="ftray-ray-", dir="/tmp"))
+    RAY_TEMPS.append(folder)
+    return folder
 
 
 def processes_of(temp: Path) -> list[psutil.Process]:

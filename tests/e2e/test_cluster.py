@@ -1,10 +1,11 @@
-"""The cluster path on one machine: resume after a killed driver, `ray job submit` /
-`ray job stop` against a token-authenticated head. (MLflow as a tracking server on Postgres:
-test_postgres_tracking.py; GPUs on a cluster: test_cluster_gpus.py. Separate files, so that
-the test processes of `make test` share them out.)"""
+"""The cluster path on one machine: resume after a killed driver, cluster/submit.sh and
+`ray job submit` / `ray job stop` against a token-authenticated head. (MLflow as a tracking
+server on Postgres: test_postgres_tracking.py; GPUs on a cluster: test_cluster_gpus.py.
+Separate files, so that the test processes of `make test` share them out.)"""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from mlflow import MlflowClient
 
 from tests.conftest import ROOT, SPECS, run_cli, sqlite_store
@@ -112,8 +114,6 @@ def job(ray_head: dict, *args: str, timeout: float = 600) -> subprocess.Complete
 
 
 def runtime_env(work: Path) -> str:
-    import json
-
     return json.dumps(
         {
             "env_vars": {
@@ -160,7 +160,12 @@ def submit_sweep(
     )
 
 
-def test_ray_job_submit_to_a_token_authenticated_head(ray_head: dict, tmp_path: Path) -> None:
+def test_cluster_submit_sh_runs_a_sweep_on_a_token_authenticated_head(
+    ray_head: dict, tmp_path: Path
+) -> None:
+    """The shipped launcher as a user runs it: cluster/submit.sh with cluster/runtime_env.yaml
+    as it is, from a shell that sets RAY_ADDRESS, the token and an absolute store (with a quote
+    and a space in its path, which the copy of the runtime env must carry intact)."""
     without_token = {k: v for k, v in ray_head["env"].items() if k != "RAY_AUTH_TOKEN"}
     refused = subprocess.run(
         [f"{VENV_BIN}/ray", "job", "list", "--address", ray_head["address"]],
@@ -171,12 +176,63 @@ def test_ray_job_submit_to_a_token_authenticated_head(ray_head: dict, tmp_path: 
     )
     assert refused.returncode != 0, "the head must refuse clients without the token"
 
-    result = submit_sweep(ray_head, tmp_path, 2)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert "succeeded" in result.stdout
-    uri = sqlite_store(tmp_path)
-    assert_sweep_finished_once(uri, 2)
-    assert MlflowClient(uri).get_model_version_by_alias("trigger-tiny", "champion")
+    uri = sqlite_store(tmp_path / "it's a store")
+    # The job's driver and trials get the head's environment (Ray's workers inherit the
+    # raylet's) plus the runtime env's env_vars, never this shell's: HF_HUB_OFFLINE and
+    # FTRAY_CACHE_DIR reach them from the head's, as a user's would from the shell that ran
+    # `ray start`, and so does the PATH that finds `ftray` (the head's VENV_BIN, as an
+    # activated virtualenv would). RAY_AUTH_MODE is left to submit.sh's default.
+    shell = {
+        k: v
+        for k, v in ray_head["env"].items()
+        if k not in ("HF_HUB_OFFLINE", "FTRAY_CACHE_DIR", "RAY_AUTH_MODE", "RAY_ADDRESS")
+    }
+    space = "{lora.r: {choice: [4, 8]}, train.learning_rate: {loguniform: [1.0e-3, 1.0e-2]}}"
+    submitted = subprocess.run(
+        [
+            str(ROOT / "cluster" / "submit.sh"),
+            "search_spaces/trigger_tiny.yaml",
+            *("--set", "search.num_trials=2", *SWEEP_ARGS),
+            *("--set", f"search.space={space}"),  # one argument, spaces and braces in it
+        ],
+        env={**shell, "RAY_ADDRESS": ray_head["address"], "MLFLOW_TRACKING_URI": uri},
+        cwd=tmp_path,  # submit.sh uploads the repository wherever it is started
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert submitted.returncode == 0, submitted.stdout[-4000:] + submitted.stderr[-2000:]
+    assert "succeeded" in submitted.stdout and "registered models:/trigger-tiny/1" in (
+        submitted.stdout
+    ), submitted.stdout[-4000:]
+    assert "the Ray job's working directory" not in submitted.stdout, submitted.stdout[-4000:]
+    runs = assert_sweep_finished_once(uri, 2)
+    assert {r.data.params["lora.r"] for r in runs} <= {"4", "8"}
+    champion = MlflowClient(uri).get_model_version_by_alias("trigger-tiny", "champion")
+    assert champion.run_id in {r.info.run_id for r in runs}
+
+    # Ray got the shipped runtime env as the file has it, plus the store: nothing lost to
+    # YAML or to quoting on the way.
+    listed = subprocess.run(
+        [f"{VENV_BIN}/ray", "list", "jobs", "--address", ray_head["address"], "--detail"]
+        + ["--format", "json"],
+        env=ray_head["env"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    (job,) = [j for j in json.loads(listed.stdout) if j["entrypoint"].startswith("ftray sweep")]
+    (shipped,) = yaml.safe_load_all((ROOT / "cluster" / "runtime_env.yaml").read_text())
+    sent = job["runtime_env"]
+    assert sent["env_vars"] == {**shipped["env_vars"], "MLFLOW_TRACKING_URI": uri}
+    assert sent["excludes"] == shipped["excludes"]
+    package = sent["working_dir"].removeprefix("gcs://").removesuffix(".zip")
+    unpacked = ray_head["temp"] / "session_latest" / "runtime_resources" / "working_dir_files"
+    unpacked /= package
+    uploaded = {p.name for p in unpacked.iterdir()}
+    assert {"ftray", "search_spaces", "datasets"} <= uploaded
+    assert not uploaded & {".venv", ".git", "mlflow.db", "mlruns", "mlartifacts", "ray_results"}
 
 
 def test_ray_job_stop_saves_state_and_resume_completes(ray_head: dict, tmp_path: Path) -> None:

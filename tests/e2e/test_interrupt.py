@@ -14,7 +14,14 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import SPECS, run_cli
-from tests.e2e.ray_helpers import SWEEP_ARGS, kill_local_ray_of, sweep_env, trial_runs, wait_for
+from tests.e2e.ray_helpers import (
+    SWEEP_ARGS,
+    all_runs,
+    kill_local_ray_of,
+    sweep_env,
+    trial_runs,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -70,9 +77,20 @@ def test_ctrl_c_leaves_only_ftrays_resume_line_and_the_sweep_is_not_forgotten(
         + " --resume"
     ), last
 
+    # A new sweep is refused in one line that says how to continue this one. (`ftray sweep`
+    # starts Ray before it reads the store, hence this check is here, not with the unit tests
+    # of tests/unit/test_resume.py.)
+    (parent,) = [r for r in all_runs(uri) if r.data.tags.get("ftray.role") == "sweep"]
     again = run_cli(*args, cwd=tmp_path, env=sweep_env(tmp_path))
     assert again.returncode == 2, again.stderr[-3000:]
-    assert "did not finish (KILLED); continue it with: ftray sweep" in again.stderr
+    assert "Traceback" not in again.stderr and again.stdout == ""
+    [line] = [line for line in again.stderr.splitlines() if line.startswith("error:")]
+    assert line == (
+        f"error: {SPEC}: the last sweep of 'trigger-tiny' ({parent.info.run_name}) did not "
+        f"finish (KILLED); continue it with: ftray sweep {SPEC} --set search.num_trials=4 "
+        + " ".join(SWEEP_ARGS)
+        + " --resume, or start a new sweep with --new"
+    )
 
     changed = run_cli(
         *args, "--set", "train.epochs=3", "--resume", cwd=tmp_path, env=sweep_env(tmp_path)

@@ -18,7 +18,6 @@ import pickle
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -26,6 +25,7 @@ from mlflow import MlflowClient
 
 from tests.conftest import SPECS, run_cli, sqlite_store
 from tests.e2e.postgres import USER, fresh_database
+from tests.e2e.ray_helpers import short_ray_temp
 
 pytestmark = pytest.mark.slow
 
@@ -72,7 +72,7 @@ def secured(tmp_path_factory: pytest.TempPathFactory):
     """A sweep with every canary set, its export, and the places to scan."""
     work = tmp_path_factory.mktemp("secured")
     # Ray's own folder, short enough for its socket paths; ftray's trial log lines land there.
-    ray_tmp = Path(tempfile.mkdtemp(prefix="rt-", dir="/tmp"))
+    ray_tmp = short_ray_temp()
     with fresh_database("ftray_security") as database:
         env = {
             **ENV_CANARIES,
