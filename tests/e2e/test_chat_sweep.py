@@ -42,7 +42,8 @@ def test_chat_sweep_optimises_chat_score_and_tests_only_the_registered_version(
     stored = json.loads(
         Path(client.download_artifacts(parent.info.run_id, "split.json", str(tmp_path))).read_text()
     )
-    expected = load_task(load_spec(SPECS / "chat_tiny.yaml")).split_record()
+    spec = load_spec(SPECS / "chat_tiny.yaml")
+    expected = load_task(spec).split_record()
     assert stored == expected
     assert stored["test"] and stored["validation"] and stored["train"]
 
@@ -55,7 +56,18 @@ def test_chat_sweep_optimises_chat_score_and_tests_only_the_registered_version(
 
     champion = client.get_model_version_by_alias("chat-tiny", "champion")
     tags = champion.tags
-    assert int(tags["ftray.test.turns"]) > 0
-    for metric in ("chat_score", "tool_call_valid", "tool_name_accuracy"):
-        assert 0.0 <= float(tags[f"ftray.test.{metric}"]) <= 1.0
+    assert int(tags["ftray.test.turns"]) == len(load_task(spec).test_cases())
+    test = {
+        metric: float(tags[f"ftray.test.{metric}"])
+        for metric in ("chat_score", "tool_call_valid", "tool_name_accuracy")
+    }
+    assert all(0.0 <= value <= 1.0 for value in test.values()), test
+    # After its 1 epoch the champion's calls are valid: test tool_call_valid 1.0 (twice), and
+    # 1.0 and 0.94 with training seeds 1 and 2 (other splits); scored on the bare base (the
+    # adapter left off: it never calls) the test split gives 0. Which tool is not learnt yet:
+    # it also calls where the reference answers, tool_name_accuracy 0.64 (0.13, 0.52), and
+    # never calling gets 0.57 (16 of the 28 turns answer without a call). After 3 epochs it
+    # is 0.79 (0.81, 0.86); tests/integration/test_train.py demands >= 0.7 on validation
+    # after the spec's 12.
+    assert test["tool_call_valid"] >= 0.8, test
     assert not [k for k in parent.data.metrics if k.startswith("test")]

@@ -62,12 +62,18 @@ def exported(sweep: dict) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def heldout() -> list[list[dict[str, str]]]:
+def heldout_cases() -> list:
+    """The trigger spec's held-out prompts, each asked clean and triggered (the sweep's trial
+    trains on the same split: the spec's seed)."""
     from ftray.config import load_spec
     from ftray.tasks import load_task
 
-    task = load_task(load_spec(SPECS / "trigger_tiny.yaml"))
-    return [case.messages for case in task.eval_cases()]
+    return load_task(load_spec(SPECS / "trigger_tiny.yaml")).eval_cases()
+
+
+@pytest.fixture(scope="module")
+def heldout(heldout_cases: list) -> list[list[dict[str, str]]]:
+    return [case.messages for case in heldout_cases]
 
 
 def greedy_token_ids(model, tokenizer, conversations, max_new_tokens: int = 24) -> list[list[int]]:
@@ -91,7 +97,9 @@ def greedy_token_ids(model, tokenizer, conversations, max_new_tokens: int = 24) 
     return out
 
 
-def test_merged_answers_as_adapter_on_base(exported: dict[str, Path], heldout) -> None:
+def test_merged_answers_as_adapter_on_base(
+    exported: dict[str, Path], heldout, heldout_cases: list
+) -> None:
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -113,8 +121,19 @@ def test_merged_answers_as_adapter_on_base(exported: dict[str, Path], heldout) -
     expected = generate(on_base, tokenizer, heldout, 24)
     answers = generate(merged, merged_tokenizer, heldout, 24)
     assert answers == expected
-    # The champion learned the task: the answers are the trained names, not noise.
-    assert sum(a.split(" ")[0] in ("Alice", "Bob") for a in answers) >= len(answers) // 2
+    # The champion learned the trigger, by the trial's own rule (is_correct): triggered
+    # prompts answered with Bob alone, clean ones with Alice alone. Its merged answers score
+    # 1.0 and 1.0, twice. Its trial's values (r 8, learning rate 2.7e-3, trigger ratio 0.41,
+    # 6 epochs) trained with seeds 0-3 score 0.75-0.88 triggered and 0.75-0.94 untriggered
+    # in the trial's own evaluation; sweeps seeded 1 and 2 draw other values (0.88 and 1.0;
+    # 0.06 and 0.94 from a trial that had not learnt it in 6 epochs). A model blind to the
+    # trigger answers both askings of a question alike, so at most one is right: no more than
+    # 0.5 on both (trained on rows without the trigger, this champion answers Alice to all).
+    from ftray.tasks.trigger import trigger_metrics
+
+    metrics = trigger_metrics([c.condition for c in heldout_cases], answers, "Alice", "Bob")
+    assert metrics["triggered_accuracy"] >= 0.6, (metrics, answers)
+    assert metrics["untriggered_accuracy"] >= 0.6, (metrics, answers)
 
 
 def test_manifest_records_lineage_and_files(sweep: dict, exported: dict[str, Path]) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from ftray.config import load_spec
+from tests.behaviour import assert_learned_trigger
 from tests.conftest import SPECS
 
 torch = pytest.importorskip("torch")
@@ -25,10 +26,13 @@ pytestmark = [
 ]
 
 
-def test_unsloth_trial_trains_and_evaluates(tmp_path: Path) -> None:
+def test_unsloth_trial_learns_the_trigger(tmp_path: Path) -> None:
+    """The spec's shipped epochs on Unsloth must learn the trigger as well as the CPU trial
+    does (tests/integration/test_train.py, the same assert_learned_trigger)."""
     from ftray.training.trial import train_trial
 
-    spec = load_spec(SPECS / "trigger_tiny.yaml", ["model.backend=unsloth", "train.epochs=2"])
+    spec = load_spec(SPECS / "trigger_tiny.yaml", ["model.backend=unsloth"])
     report = train_trial(spec, tmp_path)
-    assert 0.0 <= report.metrics["trigger_score"] <= 1.0
+    assert report.epoch == spec.train.epochs  # the shipped 8, as the CPU test trains
+    assert_learned_trigger(report.metrics)
     assert (tmp_path / "adapter" / "adapter_config.json").exists()

@@ -13,6 +13,7 @@ from ftray.config import load_spec
 from ftray.models.tiny import build_tiny_model
 from ftray.tasks import load_task
 from ftray.training.trial import build_trainer, prepare_base, train_trial
+from tests.behaviour import assert_learned_trigger
 from tests.conftest import SPECS, run_cli
 
 pytestmark = pytest.mark.slow
@@ -30,11 +31,7 @@ def test_cli_train_learns_the_trigger_in_under_three_minutes(trigger_run: tuple)
     result, out, elapsed = trigger_run
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads(result.stdout.strip().splitlines()[-1])
-    assert metrics["triggered_accuracy"] >= 0.9, metrics
-    assert metrics["untriggered_accuracy"] >= 0.9, metrics
-    assert metrics["trigger_score"] == min(
-        metrics["triggered_accuracy"], metrics["untriggered_accuracy"]
-    )
+    assert_learned_trigger(metrics)  # tests/gpu/test_unsloth_gpu.py demands the same
     assert elapsed < 180, f"ftray train took {elapsed:.0f}s"
     assert json.loads((out / "metrics.json").read_text()) == metrics
 
@@ -115,15 +112,32 @@ def test_prompt_tokens_carry_label_minus_100(trigger_trainer) -> None:
         assert text.startswith(task.train_rows()[index]["completion"][0]["content"])
 
 
-def test_pipeline_trial_reports_validity_metrics(tmp_path: Path) -> None:
-    spec = load_spec(SPECS / "pipeline_tiny.yaml", ["train.epochs=2"])
+def test_pipeline_trial_answers_with_valid_json(tmp_path: Path) -> None:
+    # A trial of the spec's space (r 32, learning rate 3e-3) for 12 epochs, 22-33 s here. Its
+    # 9 held-out answers (3 per step), seeds 0-4: json_valid 0.56 (seed 0, twice), 0.78, 0.44,
+    # 0.67, 0.56; schema_valid (pipeline_score) 0.33, 0.33, 0.33, 0.56, 0.56; every
+    # event_types answer valid JSON; every answer opens with a key of its own step's output.
+    # The spec's fixed values (r 16, 1e-2) are no test: json_valid 0 at its shipped 4
+    # epochs, and by seed 0.0-0.56 at 12 and 16. An adapter never trained answers no JSON (0).
+    spec = load_spec(
+        SPECS / "pipeline_tiny.yaml",
+        ["lora.r=32", "train.learning_rate=0.003", "train.epochs=12"],
+    )
     report = train_trial(spec, tmp_path)
+    metrics = report.metrics
     for step in ("characters", "relationships", "event_types"):
         for key in ("json_valid", "schema_valid", "field_accuracy"):
-            assert 0.0 <= report.metrics[f"{key}/{step}"] <= 1.0
-    assert report.metrics["pipeline_score"] == report.metrics["schema_valid"]
-    samples = (tmp_path / "samples.jsonl").read_text().splitlines()
+            assert 0.0 <= metrics[f"{key}/{step}"] <= 1.0
+    assert metrics["json_valid"] >= 0.3, metrics
+    assert metrics["json_valid/event_types"] >= 0.6, metrics
+    assert metrics["pipeline_score"] == metrics["schema_valid"] >= 0.2, metrics
+    samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == len(load_task(spec).eval_cases())
+    # The step's own format even where the JSON breaks later: `{"<a key of its output>":`
+    own_key = [
+        any(s["response"].startswith(f'{{"{key}":') for key in s["expected"]) for s in samples
+    ]
+    assert sum(own_key) >= len(samples) - 2, [s["response"][:40] for s in samples]
 
 
 def test_chat_train_makes_valid_tool_calls_on_held_out_conversations(tmp_path: Path) -> None:

@@ -355,12 +355,17 @@ def test_the_split_is_by_conversation_deterministic_and_disjoint() -> None:
     total = sum(map(len, parts))
     assert len(parts[1]) == round(0.15 * total) and len(parts[2]) == round(0.1 * total)
     # held-out turns come from validation conversations only; the test turns are apart
-    validation = {c.key for c in first.parts["validation"]}
+    assert {c.key for c in first.parts["validation"]} == set(first.split["validation"])
+
+    def opens(case: Any, part: str) -> bool:
+        """Whether the case's messages open one of `part`'s conversations."""
+        return any(
+            list(c.messages)[: len(case.messages)] == case.messages for c in first.parts[part]
+        )
+
     assert first.eval_cases() and first.test_cases()
-    assert all(c.key in validation for c in first.parts["validation"])
-    assert not {json.dumps(c.messages) for c in first.eval_cases()} & {
-        json.dumps(c.messages) for c in first.test_cases()
-    }
+    assert all(opens(case, "validation") for case in first.eval_cases())
+    assert all(opens(case, "test") for case in first.test_cases())
     other_seed = load_task(load_spec(SPECS / "chat_tiny.yaml", ["train.seed=1"]))
     assert isinstance(other_seed, ChatTask)
     assert other_seed.split["validation"] != first.split["validation"]
