@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The demo gives ASHA a grace period of 3 epochs: on `tiny` the trigger shows at epochs 1-3,
-# and earlier rungs meet most trials still at trigger_score 0 (README, Performance).
+# and earlier rungs meet most trials still at trigger_score 0 (docs/performance.md).
 DEMO_SETS = --set search.prune.grace_period=3
 
 demo: install
@@ -42,14 +42,14 @@ TEST_WORKERS ?= 3
 test: install lint test-tools
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=30 tests
 
-# The benchmarks (bench/README.md): each prints its figure last as `<name>: <number>`.
-# About 15 minutes on 2 cores (14 min 52 s on 2026-12-06); the README's Performance section
-# quotes their output.
+# The benchmarks (bench/README.md): each prints its figure last as `<name>: <number>`; the
+# README's Performance table quotes their output, each figure beside its command.
 bench: install
-	$(BIN)/python bench/sweep_overhead.py
-	$(BIN)/python bench/vs_handwritten.py
+	$(BIN)/python bench/sweep_overhead.py --warm
+	$(BIN)/python bench/vs_handwritten.py --warm
 	$(BIN)/python bench/asha_savings.py
 	$(BIN)/python bench/eval_throughput.py
+	$(BIN)/python bench/eval_throughput.py --spec search_spaces/pipeline_tiny.yaml
 	$(BIN)/python bench/memory.py
 	$(BIN)/python bench/gpu_throughput.py
 

@@ -27,6 +27,9 @@ candidate may end with `,KEY=VALUE` spec overrides for its sweeps only, e.g.
     .venv/bin/python bench/asha_savings.py --trials 20 --prune default default+partial
     .venv/bin/python bench/asha_savings.py --seeds 0 1 2 3 4 --prune default \
         default,search.startup_trials=3
+    .venv/bin/python bench/asha_savings.py --set 'search.space={lora.r: {choice: [8]}}'
+
+`--set KEY=VALUE` overrides the spec for every sweep, FIFO's included.
 
 Prints a table per candidate (median over seeds of the best-value gap to FIFO, of the share
 of FIFO's epochs and of the trials stopped while their objective read 0) and
@@ -239,7 +242,21 @@ def main() -> None:
     parser.add_argument(
         "--keep", type=Path, metavar="DIR", help="write each sweep's per-epoch results here"
     )
+    parser.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a spec override for every sweep, FIFO's included (e.g. another search.space)",
+    )
     args = parser.parse_args()
+    every: dict[str, str] = {}  # --set overrides, for every sweep
+    for item in args.sets:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set {item}: overrides are written KEY=VALUE")
+        every[key] = value
     args.spec = args.spec.resolve()  # the sweeps run in folders of their own
 
     from ftray.config import load_spec
@@ -261,11 +278,13 @@ def main() -> None:
             (args.keep / f"{args.spec.stem}-{name}-seed{seed}.json").write_text(json.dumps(results))
 
     for seed in args.seeds:
-        fifo, wall = measure(args.spec, seed, args.trials, args.epochs, "fifo", {})
+        fifo, wall = measure(args.spec, seed, args.trials, args.epochs, "fifo", every)
         walls["fifo"].append(wall)
         keep("fifo", seed, fifo)
         for candidate, (extra, variant) in candidates.items():
-            asha, wall = measure(args.spec, seed, args.trials, args.epochs, "asha", extra, variant)
+            asha, wall = measure(
+                args.spec, seed, args.trials, args.epochs, "asha", {**every, **extra}, variant
+            )
             walls[candidate].append(wall)
             name = candidate.replace(":", "_").replace("/", "-").replace(",", "+")
             keep(name.replace("=", "-"), seed, asha)

@@ -7,8 +7,15 @@ sweep's phases (the parent run's `time/*` metrics) and each trial's own seconds 
 
     .venv/bin/python bench/sweep_overhead.py [--trials 8 --epochs 6 --slots 2 --repeats 3]
 
+Every repeat's sweep starts with a cold cache: a fresh ftray cache (`FTRAY_CACHE_DIR`)
+holding only the built `tiny` base, so its trials quantize the base and its driver checks the
+answers' lengths, as a machine's first sweep of a spec does. `--warm` also times a second
+sweep per repeat on the cache the first filled (every later sweep), reported separately.
+
+    .venv/bin/python bench/sweep_overhead.py --warm
+
 Prints `sweep_overhead: <wall / (sum of the trials' train+evaluate seconds / slots)>` last
-(median over repeats).
+(median over repeats, cold caches); with `--warm`, the warm caches' figures before it.
 """
 
 from __future__ import annotations
@@ -27,10 +34,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "search_spaces" / "trigger_tiny.yaml"
 FIXED_SPACE = "{lora.r: {choice: [8]}}"
+CPU_SAMPLE_S = 0.5
 
 
-def run_sweep(work: Path, trials: int, epochs: int, slots: int) -> dict[str, Any]:
-    """One sweep in a fresh process; its wall time, phases and per-trial seconds."""
+def run_sweep(work: Path, cache: Path, trials: int, epochs: int, slots: int) -> dict[str, Any]:
+    """One sweep in a fresh process, with `cache` as ftray's cache; its wall time, phases
+    and per-trial seconds."""
     uri = f"sqlite:///{work / 'mlflow.db'}"
     overrides = {
         "search.num_trials": trials,
@@ -44,13 +53,23 @@ def run_sweep(work: Path, trials: int, epochs: int, slots: int) -> dict[str, Any
     command = [sys.executable, "-m", "ftray", "sweep", str(SPEC)]
     for key, value in overrides.items():
         command += ["--set", f"{key}={value}"]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "HF_HUB_OFFLINE": "1"}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": uri,
+        "HF_HUB_OFFLINE": "1",
+        "FTRAY_CACHE_DIR": str(cache),
+    }
     env.pop("RAY_ADDRESS", None)
     started = time.monotonic()
-    done = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True)
+    with (work / "stderr.txt").open("w") as stderr:
+        driver = subprocess.Popen(
+            command, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=stderr
+        )
+        cpu = cpu_seconds_of(driver)
     wall = time.monotonic() - started
-    if done.returncode != 0:
-        raise SystemExit(f"ftray sweep failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    if driver.returncode != 0:
+        err = (work / "stderr.txt").read_text()
+        raise SystemExit(f"ftray sweep failed ({driver.returncode}):\n{err[-3000:]}")
 
     from mlflow import MlflowClient
 
@@ -82,7 +101,49 @@ def run_sweep(work: Path, trials: int, epochs: int, slots: int) -> dict[str, Any
         )
     if len(per_trial) != trials:
         raise SystemExit(f"found {len(per_trial)} trials' records, expected {trials}")
-    return {"wall": wall, "phases": phases, "trials": per_trial}
+    trial_pids = {trial["pid"] for trial in per_trial}
+    by_kind = {"driver": 0.0, "trial_workers": 0.0, "other_workers": 0.0, "ray": 0.0}
+    for (pid, _), (seconds, names) in cpu.items():
+        if pid == driver.pid:
+            kind = "driver"
+        elif pid in trial_pids:
+            kind = "trial_workers"
+        elif any("default_worker" in name or name.startswith("ray::IDLE") for name in names):
+            kind = "other_workers"  # started by Ray, never given a trial
+        else:
+            kind = "ray"  # GCS, raylet, agents, log monitor, ...
+        by_kind[kind] += seconds
+    return {"wall": wall, "phases": phases, "trials": per_trial, "cpu": by_kind}
+
+
+def cpu_seconds_of(
+    driver: subprocess.Popen, every: float = CPU_SAMPLE_S
+) -> dict[tuple[int, float], tuple[float, set[str]]]:
+    """Wait for `driver` to end, sampling the CPU-seconds (user + system) of it and of every
+    process under it (Ray's processes and trial workers) every `every` seconds. Per process
+    (pid, start time): its last reading, so its final `every` seconds are missed, and every
+    command line it showed (Ray retitles its workers: `ray::IDLE`, `ray::ImplicitFunc.train`)."""
+    import psutil
+
+    seen: dict[tuple[int, float], tuple[float, set[str]]] = {}
+    root = psutil.Process(driver.pid)
+    while driver.poll() is None:
+        try:
+            processes = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            break
+        for process in processes:
+            try:
+                with process.oneshot():
+                    times = process.cpu_times()
+                    key = (process.pid, process.create_time())
+                    name = " ".join(process.cmdline())
+            except psutil.Error:
+                continue
+            seen[key] = (times.user + times.system, seen.get(key, (0.0, set()))[1] | {name})
+        time.sleep(every)
+    driver.wait()
+    return seen
 
 
 def summarise(run: dict[str, Any], slots: int) -> dict[str, float]:
@@ -117,6 +178,8 @@ def summarise(run: dict[str, Any], slots: int) -> dict[str, float]:
         "evaluate": sum(t["evaluate"] for t in trials),
         "checkpoint": sum(t["checkpoint"] for t in trials),
         **{f"phase_{k}": v for k, v in phases.items()},
+        **{f"cpu_{k}": v for k, v in run["cpu"].items()},
+        "cpu_per_trial_worker": run["cpu"]["trial_workers"] / len(seen),
     }
 
 
@@ -126,21 +189,56 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--slots", type=int, default=2, help="trials at a time")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--warm",
+        action="store_true",
+        help="also time a second sweep per repeat on the cache its first filled",
+    )
     args = parser.parse_args()
 
-    runs = []
+    from caches import cold_ftray_cache
+
+    from ftray.config import load_spec
+    from ftray.models.tiny import build_tiny_model
+    from ftray.tasks import load_task
+
+    tiny = build_tiny_model(load_task(load_spec(SPEC)).corpus())
+    runs: list[dict[str, float]] = []
+    warm_runs: list[dict[str, float]] = []
     for _ in range(args.repeats):
         with tempfile.TemporaryDirectory(prefix="ftray-bench-overhead-") as tmp:
-            runs.append(
-                summarise(run_sweep(Path(tmp), args.trials, args.epochs, args.slots), args.slots)
-            )
+            cache = cold_ftray_cache(Path(tmp), tiny)
+            for name, kept in [("cold", runs), ("warm", warm_runs)][: 2 if args.warm else 1]:
+                work = Path(tmp) / name
+                work.mkdir()
+                sweep = run_sweep(work, cache, args.trials, args.epochs, args.slots)
+                kept.append(summarise(sweep, args.slots))
+
+    if args.warm:
+        report(
+            warm_runs,
+            args,
+            "warm caches: each repeat's second sweep, on the cache its first filled",
+            "sweep_overhead (warm caches)",
+        )
+        print()
+    report(runs, args, "cold caches: a fresh ftray cache holding only the tiny base")
+
+
+def report(
+    runs: list[dict[str, float]],
+    args: argparse.Namespace,
+    caches: str,
+    figure: str = "sweep_overhead",
+) -> None:
+    """The medians of `runs`, the figure last."""
 
     def med(key: str) -> float:
         return statistics.median(r[key] for r in runs)
 
     print(
         f"{args.trials} trials x {args.epochs} epochs, {args.slots} at a time, FIFO, one fixed "
-        f"configuration; medians of {args.repeats} sweep(s)"
+        f"configuration; medians of {args.repeats} sweep(s); {caches}"
     )
     print(f"sweep wall: {med('wall'):.1f} s")
     print(
@@ -163,10 +261,16 @@ def main() -> None:
         f"{med('setup_cold'):.1f} s, later trials {med('setup_warm'):.1f} s"
     )
     print(
+        f"CPU-seconds (sampled every {CPU_SAMPLE_S} s): driver {med('cpu_driver'):.1f}, trial "
+        f"workers {med('cpu_trial_workers'):.1f} ({med('cpu_per_trial_worker'):.1f} per worker; "
+        f"their trials' train+evaluate {med('train_evaluate'):.1f}), other Ray workers "
+        f"{med('cpu_other_workers'):.1f}, Ray's own processes {med('cpu_ray'):.1f}"
+    )
+    print(
         f"per-trial overhead (trial wall minus train+evaluate), median: all "
         f"{med('trial_overhead_median'):.1f} s, warm workers {med('warm_trial_overhead_median'):.1f} s"
     )
-    print(f"sweep_overhead: {med('ratio'):.2f}")
+    print(f"{figure}: {med('ratio'):.2f}")
 
 
 if __name__ == "__main__":
