@@ -52,14 +52,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from ftray.config import load_spec
     from ftray.models.sources import check_base_model
     from ftray.sweep.resources import local_resource_problems
-    from ftray.sweep.space import check_search, search_warnings
+    from ftray.sweep.space import check_search, check_simulation, search_warnings
     from ftray.tasks import load_task
 
     spec = load_spec(args.spec, args.overrides)
     task = load_task(spec)
     check_search(spec, task)
-    # With RAY_ADDRESS set the trials load the base on the cluster's nodes, not here.
-    check_base_model(spec, local=not os.environ.get("RAY_ADDRESS"))
+    if spec.model.simulated:
+        check_simulation(spec)
+    else:
+        # With RAY_ADDRESS set the trials load the base on the cluster's nodes, not here.
+        check_base_model(spec, local=not os.environ.get("RAY_ADDRESS"))
     log = get_logger()
     for warning in search_warnings(spec):
         log.warning(str(warning))
@@ -83,7 +86,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.spec, args.overrides)
     task = load_task(spec)
-    check_base_model(spec)
+    if spec.model.simulated:
+        from ftray.sweep.space import check_simulation
+
+        check_simulation(spec)
+    else:
+        check_base_model(spec)
     out = args.out or Path("runs") / spec.name / "train"
 
     from ftray.training.trial import train_trial

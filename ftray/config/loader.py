@@ -156,6 +156,16 @@ def nearest_field(loc: tuple[Any, ...]) -> str | None:
     return close[0] if close else None
 
 
+SELF_NAMED = (
+    "objectives",
+    "prune",
+    "simulation_missing",
+    "simulation_unused",
+    "simulated_register",
+)
+"""Error kinds whose message names the fields itself."""
+
+
 def describe_error(error: dict[str, Any]) -> str:
     """One pydantic error as a sentence that names the field and the fix."""
     kind = error["type"]
@@ -180,7 +190,7 @@ def describe_error(error: dict[str, Any]) -> str:
     if kind == "literal_error" and loc == "task.kind":
         return f"task.kind {value!r} is not one of {kinds}"
     prefix = f"{loc} " if loc else ""
-    if kind in ("objectives", "prune"):  # the message names the fields itself
+    if kind in SELF_NAMED:
         return error["msg"]
     if kind in ("number_is_text", "number_is_bool"):
         return f"{prefix}{error['msg']}"

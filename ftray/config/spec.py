@@ -11,7 +11,14 @@ from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field, PrivateAttr, ValidationInfo, create_model, field_validator
+from pydantic import (
+    Field,
+    PrivateAttr,
+    ValidationInfo,
+    create_model,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from ftray.config.fields import Float, Frozen, Int, resolve_path
@@ -33,15 +40,53 @@ DEFAULT_TARGET_MODULES = (
 TINY_MODEL = "tiny"
 
 
+SIMULATED = "simulated"
+
+
+class SimulationSpec(Frozen):
+    """`model.simulation:` of a simulated trial (`model.backend: simulated`): no model is
+    loaded or trained; each epoch waits `epoch_seconds` and reports the metrics that
+    learning curves recorded from real trials give the trial's configuration (see
+    `ftray.training.simulated`)."""
+
+    curves: str = Field(min_length=1)
+    """A file of recorded learning curves (bench/record_curves.py writes them)."""
+    epoch_seconds: Float = Field(default=1.0, ge=0.0)
+
+    _resolve_curves = field_validator("curves")(resolve_path)
+
+
 class ModelSpec(Frozen):
     """The base model and how it is loaded."""
 
     base: str = Field(min_length=1)
     revision: str | None = Field(default=None, min_length=1)
     """A Hub base's branch, tag or commit; default: what the cache or Hub has, pinned at training."""
-    backend: Literal["auto", "peft", "unsloth"] = "auto"
+    backend: Literal["auto", "peft", "unsloth", "simulated"] = "auto"
     load_in_4bit: bool = True
     max_seq_length: Int = Field(default=256, ge=16)
+    simulation: SimulationSpec | None = None
+
+    @model_validator(mode="after")
+    def _simulation_with_its_backend(self) -> ModelSpec:
+        if self.backend == SIMULATED and self.simulation is None:
+            raise PydanticCustomError(
+                "simulation_missing",
+                "model.backend: simulated needs model.simulation: {curves: FILE, "
+                "epoch_seconds: S}, the learning curves its trials report",
+            )
+        if self.backend != SIMULATED and self.simulation is not None:
+            raise PydanticCustomError(
+                "simulation_unused",
+                "model.simulation is read only with model.backend: simulated (now '{backend}')",
+                {"backend": self.backend},
+            )
+        return self
+
+    @property
+    def simulated(self) -> bool:
+        """Whether trials are simulated (no model loaded, no training)."""
+        return self.backend == SIMULATED
 
 
 class LoraSpec(Frozen):
@@ -75,6 +120,10 @@ class TrackingSpec(Frozen):
 
     uri: str | None = None
     registered_model: str | None = None
+    # `register` in the spec (the attribute name is taken by pydantic's ABC base).
+    register_best: bool | None = Field(default=None, alias="register")
+    """Whether the sweep registers its best trial; default yes, except for simulated trials,
+    which have no adapter to register (false: a dry run that records the trials only)."""
 
     @field_validator("uri")
     @classmethod
@@ -178,6 +227,23 @@ class Spec(Frozen):
         """The metric (and mode) ASHA stops this spec's trials on (see `SearchSpec.stopping`)."""
         assert self.search is not None, "a spec without search: stops no trial"
         return self.search.stopping(self.task.smooth_metrics)
+
+    @model_validator(mode="after")
+    def _simulated_trials_register_nothing(self) -> Spec:
+        if self.model.simulated and self.tracking.register_best:
+            raise PydanticCustomError(
+                "simulated_register",
+                "a simulated sweep has no adapter to register: leave tracking.register unset "
+                "or set it to false",
+            )
+        return self
+
+    @property
+    def registers(self) -> bool:
+        """Whether the sweep registers its best trial (`tracking.register`, see there)."""
+        if self.tracking.register_best is not None:
+            return self.tracking.register_best
+        return not self.model.simulated
 
     @property
     def registered_model_name(self) -> str:

@@ -25,6 +25,8 @@ from ftray.tracking.tags import TrialStatus
 log = get_logger()
 History = dict[str, dict[str, list[tuple[int, float]]]]
 MIN_TRIALS_FOR_IMPORTANCES = 4
+HIGHLIGHTED = 10
+"""How many trials the per-epoch plot draws in colour, with a legend entry each."""
 STYLE = {
     TrialStatus.COMPLETED: {"linestyle": "-", "alpha": 0.9},
     TrialStatus.PRUNED: {"linestyle": "--", "alpha": 0.8},
@@ -62,12 +64,27 @@ def stop_label(spec: Spec, outcome: TrialOutcome) -> str:
     return f"pruned on {spec.stopping.metric} @ {where}"
 
 
+def best_first(spec: Spec, outcomes: list[TrialOutcome]) -> list[TrialOutcome]:
+    """The trials by their last value of the first objective, best first (no value last)."""
+    assert spec.search is not None
+    goal = spec.search.primary
+    sign = -1.0 if goal.mode == "max" else 1.0
+
+    def key(outcome: TrialOutcome) -> float:
+        value = outcome.value(goal.metric)
+        return math.inf if math.isnan(value) else sign * value
+
+    return sorted(outcomes, key=key)
+
+
 def objective_per_epoch(spec: Spec, outcomes: list[TrialOutcome], histories: History) -> Any:
     """One panel per objective, and one for the metric ASHA stops on when it is not an
     objective: a line per trial over epochs; stopped trials dashed, with an x where ASHA
     stopped them, and the legend saying on which metric and at which rung; ASHA's rungs are
-    dotted verticals."""
+    dotted verticals. Of more than `HIGHLIGHTED` trials, the `HIGHLIGHTED` best on the first
+    objective are drawn so, and the rest as faint grey lines under them, unlabelled."""
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     assert spec.search is not None
     panels = plotted_metrics(spec)
@@ -76,24 +93,34 @@ def objective_per_epoch(spec: Spec, outcomes: list[TrialOutcome], histories: His
     figure, axes = plt.subplots(len(panels), 1, figsize=(9, 3.6 * len(panels)), squeeze=False)
     colors = plt.get_cmap("tab10")
     stopped = sum(o.status is TrialStatus.PRUNED for o in outcomes)
+    shown = {o.trial_id for o in best_first(spec, outcomes)[:HIGHLIGHTED]}
+    faded = len(outcomes) - len(shown)
     for axis, goal in zip(axes[:, 0], panels, strict=True):
-        for index, outcome in enumerate(sorted(outcomes, key=_started)):
+        highlighted = 0
+        for outcome in sorted(outcomes, key=_started):
             points = histories.get(outcome.trial_id, {}).get(goal.metric, [])
             if not points:
                 continue
             epochs, values = zip(*points, strict=True)
             style = STYLE.get(outcome.status, STYLE[TrialStatus.FAILED])
+            if outcome.trial_id not in shown:
+                axis.plot(epochs, values, color="0.6", linewidth=0.7, alpha=0.35, zorder=1)
+                if outcome.status is TrialStatus.PRUNED:
+                    axis.plot(epochs[-1], values[-1], "x", color="0.5", markersize=4, zorder=1)
+                continue
             axis.plot(
                 epochs,
                 values,
                 marker="o",
                 markersize=3,
-                color=colors(index % 10),
+                color=colors(highlighted % 10),
                 label=f"{outcome.trial_id} ({stop_label(spec, outcome)})",
+                zorder=3,
                 **style,
             )
+            highlighted += 1
             if outcome.status is TrialStatus.PRUNED:
-                axis.plot(epochs[-1], values[-1], "x", color="black", markersize=9, mew=2)
+                axis.plot(epochs[-1], values[-1], "x", color="black", markersize=9, mew=2, zorder=4)
         for rung in rungs:
             axis.axvline(rung, color="gray", linestyle=":", linewidth=0.8)
         role = "ASHA stops on this" if goal.metric == stopping.metric and rungs else ""
@@ -103,11 +130,16 @@ def objective_per_epoch(spec: Spec, outcomes: list[TrialOutcome], histories: His
         axis.grid(alpha=0.3)
         axis.xaxis.get_major_locator().set_params(integer=True)
     how = f"\nASHA stops on {stopping} at the dotted rungs" if rungs else ""
+    best = f"; the {len(shown)} best in colour" if faded else ""
     axes[0, 0].set_title(
         f"{spec.name}: objective per epoch, {len(outcomes)} trials "
-        f"({stopped} stopped early, marked x){how}"
+        f"({stopped} stopped early, marked x{best}){how}"
     )
-    axes[0, 0].legend(fontsize=7, ncol=2, loc="best")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    if faded:
+        handles.append(Line2D([], [], color="0.6", linewidth=0.7, alpha=0.6))
+        labels.append(f"{faded} other trials")
+    axes[0, 0].legend(handles, labels, fontsize=7, ncol=2, loc="best")
     return figure
 
 

@@ -540,7 +540,10 @@ def run_sweep(
         registration, reason = None, None
         winner = choose_winner(outcomes, search.selection)
         mark = time.monotonic()
-        if winner is not None:
+        if winner is not None and not spec.registers:
+            why = "simulated trials" if spec.model.simulated else "tracking.register is false"
+            reason = f"nothing registered ({why}); the best trial is {winner.trial_id}"
+        elif winner is not None:
             # The trials trained under the spec the sweep recorded (a resume may differ only
             # in fields that shape no trial).
             registration = register_winner(

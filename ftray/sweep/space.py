@@ -171,7 +171,10 @@ def prepare_sweep(spec: Spec) -> Task:
         )
     task = load_task(spec)
     check_search(spec, task)
-    check_base_model(spec, local=not os.environ.get("RAY_ADDRESS"))
+    if spec.model.simulated:
+        check_simulation(spec)
+    else:  # a simulated trial never loads its base
+        check_base_model(spec, local=not os.environ.get("RAY_ADDRESS"))
     for warning in search_warnings(spec):
         log.warning(str(warning))
     resources = local_resource_problems(spec)
@@ -280,12 +283,33 @@ class CheckedBase(NamedTuple):
     seconds: float
 
 
+def check_simulation(spec: Spec) -> None:
+    """InputError, at `model.simulation.curves`, when the curves cannot simulate the sweep's
+    trials: unreadable, fewer epochs than a trial runs, a metric the search reads missing, or
+    a searched parameter they did not vary."""
+    from ftray.training.simulated import curves_problem
+
+    search = spec.search
+    metrics: list[str] = []
+    if search is not None:
+        metrics = [goal.metric for goal in search.goals] + [search.selection.metric]
+        if search.scheduler == "asha":
+            metrics.append(spec.stopping.metric)
+    epochs = max_epochs(spec) if search is not None else spec.train.epochs
+    problem = curves_problem(spec, epochs, list(dict.fromkeys(metrics)))
+    if problem:
+        where = ("model", "simulation", "curves")
+        raise InputError([spec.source.problem(where, f"model.simulation.curves: {problem}")])
+
+
 def checked_base(spec: Spec, task: Task, label: str) -> CheckedBase:
     """The sweep's base model, prepared (the tiny model is built once, here, not per trial),
     after the last input check before Ray starts: rows that would train nothing in some trial
-    exit 2 now, not in every such trial."""
+    exit 2 now, not in every such trial. Simulated trials load no base: nothing to prepare."""
     from ftray.training.trial import check_answer_lengths_locally, prepare_base
 
+    if spec.model.simulated:
+        return CheckedBase(spec.model.base, 0.0)
     started = time.monotonic()
     log.info(f"preparing data and base model for {label}")
     base = prepare_base(spec, task)

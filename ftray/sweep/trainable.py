@@ -88,11 +88,12 @@ def make_trainable(
             return
 
         trial_spec = spec.with_values(config)
-        require_cuda_for_gpu_trial(
-            trial_spec.resources_per_trial.gpu,
-            [str(g) for g in ray.get_gpu_ids()],
-            allow_cpu_fallback,
-        )
+        if not trial_spec.model.simulated:  # a simulated trial holds its GPUs, touches none
+            require_cuda_for_gpu_trial(
+                trial_spec.resources_per_trial.gpu,
+                [str(g) for g in ray.get_gpu_ids()],
+                allow_cpu_fallback,
+            )
         work = Path(tune.get_context().get_trial_dir()) / "work"
         # Where the trial ran, for the run's tags: one GPU per trial is checkable afterwards.
         placement = {
@@ -102,7 +103,11 @@ def make_trainable(
         }
 
         def report(epoch: EpochReport) -> None:
-            if trial_spec.model.base != TINY_MODEL and "base_revision" not in placement:
+            if (
+                trial_spec.model.base != TINY_MODEL
+                and not trial_spec.model.simulated
+                and "base_revision" not in placement
+            ):
                 # The base is loaded (and cached) by now: pin the commit it came from.
                 placement["base_revision"] = resolved_revision(
                     trial_spec.model.base, trial_spec.model.revision

@@ -12,6 +12,9 @@ Beside the adapter and tokenizer (`save_pretrained`, safetensors) an epoch's fol
 - `checkpoint.json`, written last: the SHA-256 of every file above. A folder without it (the
   copy was cut short) or whose files no longer match it is not resumed from.
 
+A simulated trial's checkpoint holds `metrics.json`, `samples.jsonl` and `simulation.json`
+(what it simulated) under the same manifest, and no adapter or training state.
+
 Nothing here is pickled: tensors go through safetensors, the rest through JSON.
 """
 
@@ -32,6 +35,9 @@ STATE_JSON = "training_state.json"
 EPOCH_METRICS = "metrics.json"
 EPOCH_SAMPLES = "samples.jsonl"
 MANIFEST = "checkpoint.json"
+SIMULATION = "simulation.json"
+"""In a simulated trial's checkpoint (`ftray.training.simulated`), in place of the training
+state: what it simulated."""
 # Kept for resuming and as the sweep's record of the epoch: an adapter copied out of a
 # checkpoint (the final one, the registered one) leaves them behind.
 RESUME_FILES = (TRAINER_STATE, STATE_TENSORS, STATE_JSON, EPOCH_METRICS, EPOCH_SAMPLES, MANIFEST)
@@ -117,7 +123,12 @@ def checkpoint_problem(folder: Path) -> str | None:
         files = manifest["files"]
     except (OSError, ValueError, KeyError, TypeError):
         return f"no readable {MANIFEST} (the checkpoint was not written to the end)"
-    for required in (TRAINER_STATE, STATE_TENSORS, STATE_JSON, EPOCH_METRICS):
+    needed = (
+        (EPOCH_METRICS, SIMULATION)
+        if SIMULATION in files
+        else (TRAINER_STATE, STATE_TENSORS, STATE_JSON, EPOCH_METRICS)
+    )
+    for required in needed:
         if required not in files:
             return f"{required} is not in {MANIFEST}"
     for name, digest in files.items():

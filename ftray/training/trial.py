@@ -192,11 +192,15 @@ def train_trial(
 
     `resume_from`, a valid epoch checkpoint of the same spec, continues that training: the
     epochs it covers are not trained again and `on_epoch` hears only of the later ones.
+
+    With `model.backend: simulated` nothing is loaded or trained: the epochs replay recorded
+    learning curves (`ftray.training.simulated`), with the same files and reports.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     task = task or load_task(spec)
-    base = base or prepare_base(spec, task)
+    if not spec.model.simulated:  # a simulated trial loads no model
+        base = base or prepare_base(spec, task)
     (out / "epochs.jsonl").unlink(missing_ok=True)
     split = task.split_record()
     if split is not None:
@@ -220,7 +224,13 @@ def train_trial(
     else:
         if resume_from is not None:
             log.info(f"resuming after epoch {resumed_epoch} from {resume_from}")
-        last = _train(spec, task, base, out, on_epoch, resume_from)
+        if spec.model.simulated:
+            from ftray.training.simulated import simulate_trial
+
+            last = simulate_trial(spec, out, on_epoch, resume_from)
+        else:
+            assert base is not None
+            last = _train(spec, task, base, out, on_epoch, resume_from)
     final_adapter = out / "adapter"
     shutil.rmtree(final_adapter, ignore_errors=True)
     copy_adapter(last.adapter_dir, final_adapter)

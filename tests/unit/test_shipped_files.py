@@ -59,3 +59,36 @@ def test_readme_explains_every_trial_status() -> None:
     table = readme.split("### Trial statuses", 1)[-1].split("\n\n#", 1)[0]
     rows = {line.split("|")[1].strip(" `") for line in table.splitlines() if line.startswith("| `")}
     assert rows == {status.value for status in TrialStatus}
+
+
+CURVE_FILES = sorted((SPECS.parent / "bench" / "curves").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", CURVE_FILES, ids=lambda p: p.name)
+def test_shipped_curves_simulate_their_spec(path: Path) -> None:
+    """Each recorded curves file names the spec and the command that recorded it, holds at
+    least 40 configurations of its space (some with a second seed, for the noise), and
+    simulates a sweep of that spec as it ships."""
+    import json
+
+    from ftray.sweep.space import prepare_sweep
+    from ftray.training.simulated import load_curves
+
+    record = json.loads(path.read_text())
+    assert record["command"].startswith(".venv/bin/python bench/record_curves.py")
+    assert record["recorded"] and (SPECS.parent / record["spec"]).is_file()
+    model = load_curves(str(path))
+    assert len(model.configs) >= 40
+    assert any(len(group) > 1 for _, group in model.configs)
+    assert any(value > 0 for values in model.noise.values() for value in values)
+    relative = path.relative_to(SPECS.parent)
+    spec = load_spec(
+        SPECS.parent / record["spec"],
+        ["model.backend=simulated", f"model.simulation={{curves: ../{relative}}}"],
+    )
+    assert spec.model.simulation is not None and Path(spec.model.simulation.curves) == path
+    prepare_sweep(spec)  # its epochs, its metrics and its space: exit 2 otherwise
+
+
+def test_curves_are_shipped() -> None:
+    assert {p.stem for p in CURVE_FILES} >= {"trigger_tiny", "pipeline_tiny"}
