@@ -8,9 +8,14 @@ ends up; TPE would then steer away from a region that was about to win.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from ray.tune.search.optuna import OptunaSearch
+
+SUGGEST_SECONDS: list[float] = []
+"""How long each proposal took in this process (Optuna's `ask`, TPE's modelling included),
+in order; the sweep's runner reads it after Tune's run and clears it before."""
 
 
 def stopped_early(result: dict[str, Any]) -> bool:
@@ -29,6 +34,13 @@ class PruneAwareOptunaSearch(OptunaSearch):
     TPE ranks the trial below every completed one, by how far it got; the partial value is
     never a finished one.
     """
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        started = time.perf_counter()
+        config = super().suggest(trial_id)
+        if isinstance(config, dict):  # not a "nothing now" or "no more"
+            SUGGEST_SECONDS.append(time.perf_counter() - started)
+        return config
 
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,6 +156,33 @@ def reuse_stored_split(client: Any, parent_id: str, task: Task) -> dict[str, Any
     record = json.loads(Path(local).read_text(encoding="utf-8"))
     task.reuse_split(record)
     return record
+
+
+def driver_figures(log_seconds: list[float]) -> dict[str, float]:
+    """What the sweep cost its driver, for the parent run: CPU-seconds and peak resident
+    memory of this process so far, Optuna's proposal time (the median, and the median of the
+    last 10: TPE's cost grows with the study) and the 99th percentile of the time each
+    epoch's metrics took to reach MLflow, in milliseconds."""
+    import resource
+
+    from ftray.sweep.optuna_search import SUGGEST_SECONDS
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    figures = {
+        "driver/cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
+        "driver/peak_rss_mb": round(usage.ru_maxrss / 1024, 1),  # Linux counts KiB
+    }
+    if SUGGEST_SECONDS:
+        figures["driver/suggest_ms_p50"] = round(1000 * statistics.median(SUGGEST_SECONDS), 2)
+        figures["driver/suggest_ms_at_end"] = round(
+            1000 * statistics.median(SUGGEST_SECONDS[-10:]), 2
+        )
+    if log_seconds:
+        ordered = sorted(log_seconds)
+        figures["driver/mlflow_log_ms_p99"] = round(
+            1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], 2
+        )
+    return figures
 
 
 def build_tuner(
@@ -519,6 +547,9 @@ def run_sweep(
         # Opening the store (creating its tables the first time), the parent run, the Tuner.
         phases["tracking_setup"] = time.monotonic() - mark
         mark = time.monotonic()
+        from ftray.sweep.optuna_search import SUGGEST_SECONDS
+
+        SUGGEST_SECONDS.clear()
         with library_prints_to_debug():
             grid = tuner.fit()
         phases["trials"] = time.monotonic() - mark
@@ -570,7 +601,8 @@ def run_sweep(
         mark = time.monotonic()
         log_sweep_plots(spec, client, parent_id, outcomes)
         phases["plots"] = time.monotonic() - mark
-        log_metrics(client, parent_id, {f"time/{k}": round(v, 2) for k, v in phases.items()}, 0)
+        timings = {f"time/{k}": round(v, 2) for k, v in phases.items()}
+        log_metrics(client, parent_id, {**timings, **driver_figures(recorder.log_seconds)}, 0)
         result = SweepResult(parent_id, grid.experiment_path, outcomes, registration, uri, reason)
         status = "FAILED" if result.all_failed else "FINISHED"
         return result

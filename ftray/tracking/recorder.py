@@ -9,6 +9,7 @@ knows Ray.
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -92,6 +93,8 @@ class SweepRecorder:
         self.spec = spec
         self.client = MlflowClient(uri)
         self.records: dict[str, TrialRecord] = {}
+        self.log_seconds: list[float] = []
+        """How long each epoch's metrics took to log (MLflow's round trip), in order."""
         self._live[parent_run_id] = self
 
     @classmethod
@@ -176,7 +179,9 @@ class SweepRecorder:
             for k, v in result.items()
             if k not in _NOT_METRICS and isinstance(v, int | float) and not isinstance(v, bool)
         }
+        started = time.perf_counter()
         log_metrics(self.client, record.run_id, metrics, step=epoch)
+        self.log_seconds.append(time.perf_counter() - started)
         shown = " ".join(
             f"{goal.metric}={_short(result.get(goal.metric))}"
             for goal in (self.spec.search.goals if self.spec.search else ())

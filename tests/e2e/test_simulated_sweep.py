@@ -77,6 +77,17 @@ def test_simulated_sweep_records_every_trial_and_registers_nothing(tmp_path: Pat
     counts = parent.data.metrics
     assert counts["trials_completed"] + counts["trials_pruned"] == trials
     assert counts["trials_completed"] == statuses.count("completed")
+    # What the driver spent, for bench/scale.py and anyone sizing a driver.
+    driver = {k: v for k, v in counts.items() if k.startswith("driver/")}
+    assert set(driver) == {
+        "driver/cpu_s",
+        "driver/peak_rss_mb",
+        "driver/suggest_ms_p50",
+        "driver/suggest_ms_at_end",
+        "driver/mlflow_log_ms_p99",
+    }, driver
+    assert all(value > 0 for value in driver.values()), driver
+    assert 50 < driver["driver/peak_rss_mb"] < 4000, driver
     # Every epoch a trial reported reached MLflow, as a real trial's do.
     for run in finished:
         history = client.get_metric_history(run.info.run_id, "trigger_score")
