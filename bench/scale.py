@@ -9,6 +9,7 @@ database, the leaderboard and the plots are the real ones, at full size.
 
     .venv/bin/python bench/scale.py --trials 200 --concurrent 32 --epochs 5 --epoch-seconds 1
     .venv/bin/python bench/scale.py --trials 1000 --concurrent 64 --epochs 5 --epoch-seconds 2
+    .venv/bin/python bench/scale.py --nodes 8 --preempt 2
 
 Prints one line `scale: {json}` with
 - `wall_s`: the trials phase, first trial started to last trial ended (MLflow's runs);
@@ -20,6 +21,8 @@ Prints one line `scale: {json}` with
   does, its imports aside);
 - `metrics_lost`: epochs in Tune's results minus epochs in MLflow, over all trials;
 - `runs_running`: runs left RUNNING;
+- `trials_restarted_from_1`: trials that ran their first epoch twice (with `--preempt`,
+  worker nodes are killed mid-sweep, as spot instances vanish, and as many added later);
 and last `scale_overhead: <wall_s / ideal_s>`. Needs PostgreSQL on 127.0.0.1:5432 (trust
 authentication), and a machine whose memory holds `--concurrent` Ray workers (about 150 MB
 each).
@@ -32,6 +35,7 @@ import contextlib
 import json
 import math
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -119,7 +123,11 @@ def mlflow_server(work: Path, backend_uri: str) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         os.killpg(process.pid, signal.SIGTERM)
-        process.wait(60)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(30)
 
 
 def port_flags() -> list[str]:
@@ -149,6 +157,7 @@ class Cluster:
         self.env.pop("RAY_ADDRESS", None)
         self.nodes = nodes
         self.per_node = math.ceil(gpus / nodes)
+        self.workers: list[int] = []  # the worker nodes' node-manager ports
 
     def ray(self, *args: str) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(
@@ -194,6 +203,7 @@ class Cluster:
         wait_for(jobs_answer, 180, "the head's job server", poll=3)
 
     def add_node(self) -> None:
+        manager = free_port()
         self.ray(
             "start",
             f"--address=127.0.0.1:{self.port}",
@@ -201,9 +211,30 @@ class Cluster:
             f"--num-cpus={self.per_node}",
             f"--num-gpus={self.per_node}",
             "--disable-usage-stats",
-            f"--temp-dir={self.temp}",
+            # Each node its own folder, as each machine of a cluster has its own disk: nodes
+            # sharing one would share runtime_resources/, and a node starting or dying there
+            # can delete the job's working_dir from under the running driver.
+            f"--temp-dir={self.temp / f'node-{manager}'}",
+            f"--node-manager-port={manager}",
             *port_flags(),
         )
+        self.workers.append(manager)
+
+    def preempt(self, rng: random.Random) -> None:
+        """Kill a worker node at once, as a spot instance vanishes: its raylet and every
+        process under it (the trials' workers), no draining."""
+        import psutil
+
+        manager = self.workers.pop(rng.randrange(len(self.workers)))
+        doomed = []
+        for process in psutil.process_iter(["cmdline"]):
+            with contextlib.suppress(psutil.Error):
+                if f"--node_manager_port={manager}" in (process.info["cmdline"] or []):
+                    doomed += [process, *process.children(recursive=True)]
+        for process in doomed:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+        psutil.wait_procs(doomed, timeout=20)
 
     def stop(self) -> None:
         import psutil
@@ -238,8 +269,16 @@ def overrides(args: argparse.Namespace, tune_path: Path, optuna_url: str) -> lis
     return [f"{key}={value}" for key, value in sets.items()]
 
 
-def run_job(cluster: Cluster, uri: str, sets: list[str], work: Path) -> dict[str, Any]:
-    """Submit the sweep with cluster/submit.sh, wait for the job to end; Ray's record of it."""
+def run_job(
+    cluster: Cluster,
+    uri: str,
+    sets: list[str],
+    work: Path,
+    preempt: int = 0,
+    concurrent: int = 1,
+) -> dict[str, Any]:
+    """Submit the sweep with cluster/submit.sh (`preempt` worker nodes killed while it runs,
+    as many added later), wait for the job to end; Ray's record of it."""
     command = [str(ROOT / "cluster" / "submit.sh"), SPEC]
     for item in sets:
         command += ["--set", item]
@@ -256,6 +295,8 @@ def run_job(cluster: Cluster, uri: str, sets: list[str], work: Path) -> dict[str
         (found,) = [j for j in json.loads(listed.stdout) if "ftray sweep" in j["entrypoint"]]
         return found
 
+    if preempt:
+        preempt_nodes(cluster, uri, preempt, concurrent, job)
     wait_for(lambda: job()["status"] in ("SUCCEEDED", "FAILED", "STOPPED"), 24 * 3600, "the job", 5)
     record = job()
     logs = cluster.ray("job", "logs", "--address", cluster.address, record["submission_id"])
@@ -263,6 +304,35 @@ def run_job(cluster: Cluster, uri: str, sets: list[str], work: Path) -> dict[str
     if record["status"] != "SUCCEEDED":
         raise SystemExit(f"the sweep's job {record['status']}:\n{logs.stdout[-4000:]}")
     return record
+
+
+def preempt_nodes(
+    cluster: Cluster, uri: str, count: int, concurrent: int, job: Any, seed: int = 0
+) -> None:
+    """Once the trials run, kill `count` worker nodes at random moments, then add as many."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+
+    def running() -> bool:
+        experiment = client.get_experiment_by_name("trigger-tiny")
+        if experiment is None:
+            return False
+        found = client.search_runs(
+            [experiment.experiment_id], "tags.`ftray.role` = 'trial'", max_results=concurrent
+        )
+        return len(found) >= concurrent or job()["status"] != "RUNNING"
+
+    wait_for(running, 3600, "the trials to start", 2)
+    rng = random.Random(seed)
+    for _ in range(count):
+        time.sleep(rng.uniform(2.0, 10.0))
+        cluster.preempt(rng)
+        print(f"killed a worker node ({len(cluster.workers)} left)", flush=True)
+    time.sleep(rng.uniform(5.0, 15.0))
+    for _ in range(count):
+        cluster.add_node()
+    print(f"added {count} worker node(s)", flush=True)
 
 
 def all_runs(client: Any, experiment_id: str) -> list[Any]:
@@ -345,8 +415,13 @@ def main() -> None:
     parser.add_argument("--epoch-seconds", type=float, default=1.0)
     parser.add_argument("--scheduler", choices=["asha", "fifo"], default="asha")
     parser.add_argument("--nodes", type=int, default=1, help="worker nodes sharing the GPUs")
+    parser.add_argument(
+        "--preempt", type=int, default=0, help="worker nodes killed mid-sweep (and added later)"
+    )
     parser.add_argument("--keep", type=Path, help="copy the job's log and Tune's results here")
     args = parser.parse_args()
+    if args.preempt and args.preempt >= args.nodes:
+        parser.error("--preempt must leave a worker node: give --nodes above it")
 
     work = Path(tempfile.mkdtemp(prefix="ftray-scale-work-"))
     tune_path = work / "ray_results"
@@ -360,7 +435,7 @@ def main() -> None:
             cluster.start()
             print(f"Ray up in {time.monotonic() - started:.0f} s; submitting", flush=True)
             sets = overrides(args, tune_path, optuna_db)
-            job = run_job(cluster, uri, sets, work)
+            job = run_job(cluster, uri, sets, work, args.preempt, args.concurrent)
             figures = measure(args, uri, job, tune_path, sets)
     finally:
         cluster.stop()

@@ -17,15 +17,38 @@ from ftray.tracking.recorder import SweepRecorder
 from ftray.tracking.tags import TrialStatus
 
 
-def _error_line(trial: Any) -> str | None:
-    """The last line of a trial's error, from the error file Tune writes for it."""
+def _last_failure(trial: Any) -> list[str]:
+    """The non-blank lines of a trial's latest failure, from the error file Tune writes for
+    it (one `Failure # N` block per failure, appended)."""
     path = getattr(trial, "error_file", None)
     try:
         text = Path(path).read_text() if path else ""
     except OSError:
-        return None
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
+        return []
+    block = text.rsplit("Failure # ", 1)[-1]
+    return [line.strip() for line in block.splitlines() if line.strip()]
+
+
+def _error_line(trial: Any) -> str | None:
+    """The last line of a trial's latest error."""
+    lines = _last_failure(trial)
     return lines[-1] if lines else None
+
+
+NODE_LOST = (
+    "may or may not have been executed on the actor",
+    "The actor died because its node has died",
+)
+"""How Ray words a worker lost with its node: `ActorUnavailableError` (the node or raylet
+stopped answering) and `ActorDiedError` once the node is declared dead. A worker that died
+on a live node (the trial running out of memory, say) is the trial's own failure."""
+
+
+def lost_its_node(trial: Any) -> bool:
+    """Whether the trial's latest failure was losing its node, from the error text Tune
+    wrote for it (Tune's pickled copy of the error is never read)."""
+    text = "\n".join(_last_failure(trial))
+    return any(marker in text for marker in NODE_LOST)
 
 
 class RecordTrials(Callback):
@@ -70,7 +93,12 @@ class RecordTrials(Callback):
         self._finish(trial, TrialStatus.COMPLETED if done else TrialStatus.PRUNED)
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.recorder.trial_retried(trial.trial_id, trial.config, _error_line(trial))
+        node_lost = lost_its_node(trial)
+        if self.recorder.trial_retried(trial.trial_id, trial.config, _error_line(trial), node_lost):
+            # Tune counted this failure against FailureConfig.max_failures; it is no fault
+            # of the trial's, so the trial keeps the retries its spec allows.
+            trial.run_metadata.num_failures = max(0, trial.run_metadata.num_failures - 1)
+            trial.run_metadata.invalidate_cache()
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._finish(trial, TrialStatus.FAILED, _error_line(trial))

@@ -52,6 +52,14 @@ _NOT_METRICS = {
 }
 
 
+NODE_LOSS_RETRIES = 20
+"""How many times per trial losing its node is retried without counting against
+`search.max_failures`. A node that vanishes (a spot instance, a killed raylet) is reported dead
+only after Ray's health checks miss it for a while; until then Tune may place the retried
+trial on it again, and each attempt fails at once, which would spend a trial's whole retry
+budget in seconds."""
+
+
 @dataclass
 class TrialRecord:
     """What the driver knows of one trial's child run."""
@@ -61,6 +69,8 @@ class TrialRecord:
     status: TrialStatus = TrialStatus.RUNNING
     last_result: dict[str, Any] = field(default_factory=dict)
     retries: int = 0
+    node_losses: int = 0
+    """Retries after the trial's worker became unreachable (its node went away)."""
 
     @property
     def epochs(self) -> int:
@@ -193,16 +203,30 @@ class SweepRecorder:
             f"({done}/{total} trials done)"
         )
 
-    def trial_retried(self, trial_id: str, config: dict[str, Any], error: str | None) -> None:
-        """A trial failed and Tune runs it again from its last epoch checkpoint."""
+    def trial_retried(
+        self, trial_id: str, config: dict[str, Any], error: str | None, node_lost: bool = False
+    ) -> bool:
+        """A trial failed and Tune runs it again from its last epoch checkpoint. True when
+        the failure is not the trial's own and must not count against
+        `search.max_failures`: its node went away (`node_lost`), at most
+        `NODE_LOSS_RETRIES` times per trial."""
         record = self.record(trial_id, config)
         record.retries += 1
         self.client.set_tag(record.run_id, RETRIES, str(record.retries))
-        allowed = self.spec.search.max_failures if self.spec.search else record.retries
-        log.warning(
-            f"trial {trial_id} failed after epoch {record.epochs} ({error or 'no error text'}); "
-            f"retrying from its last epoch checkpoint ({record.retries}/{allowed})"
+        forgiven = node_lost and record.node_losses < NODE_LOSS_RETRIES
+        if forgiven:
+            record.node_losses += 1
+        counted = record.retries - record.node_losses
+        allowed = self.spec.search.max_failures if self.spec.search else counted
+        why = (
+            f"lost its node after epoch {record.epochs}; not counted against "
+            f"search.max_failures ({counted}/{allowed} used)"
+            if forgiven
+            else f"failed after epoch {record.epochs} ({error or 'no error text'}); "
+            f"{counted}/{allowed} of search.max_failures used"
         )
+        log.warning(f"trial {trial_id} {why}; retrying from its last epoch checkpoint")
+        return forgiven
 
     def trial_finished(
         self,
