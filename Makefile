@@ -45,9 +45,11 @@ test: install lint test-tools
 # The benchmarks (bench/README.md): each prints its figure last as `<name>: <number>`; the
 # README's Performance table quotes their output, each figure beside its command.
 bench: install
+	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
 	$(BIN)/python bench/sweep_overhead.py --warm
 	$(BIN)/python bench/vs_handwritten.py --warm
 	$(BIN)/python bench/asha_savings.py
+	$(BIN)/python bench/search_efficiency.py
 	$(BIN)/python bench/eval_throughput.py
 	$(BIN)/python bench/eval_throughput.py --spec search_spaces/pipeline_tiny.yaml
 	$(BIN)/python bench/memory.py

@@ -68,6 +68,7 @@ class SimTrial:
     epochs_done: int = 0
     last_result: dict[str, Any] = field(default_factory=dict)
     ends_at: float = math.inf
+    is_saving: bool = False  # a pause here is instant: never caught saving
 
     def __str__(self) -> str:
         return self.trial_id

@@ -552,6 +552,7 @@ def run_sweep(
         SUGGEST_SECONDS.clear()
         with library_prints_to_debug():
             grid = tuner.fit()
+        recorder.flush()  # the trials' runs as complete as Tune's results, before reading them
         phases["trials"] = time.monotonic() - mark
         blind = StorageGuard.problem_for(storage_root)
         if blind:

@@ -4,12 +4,20 @@ Trials never talk to MLflow themselves: the sweep layer turns Ray Tune's trial e
 calls on the sweep's `SweepRecorder`, in the driver process, so concurrent trials can never
 meet a locked SQLite file, and a trial that dies cannot leave its run RUNNING. Nothing here
 knows Ray.
+
+The calls that only write (metrics, tags, params, samples, closing a run) go through a
+`RunWriter`: one background thread makes them in order, so Tune's event loop never waits on
+the tracking server's round trip (at hundreds of trials those waits added up to more than
+the trials' own time). The sweep flushes the writer before it reads its runs back.
 """
 
 from __future__ import annotations
 
 import contextlib
+import queue
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -37,6 +45,62 @@ from ftray.tracking.tags import (
 )
 
 log = get_logger()
+
+
+class RunWriter:
+    """MLflow writes made in order on one background thread.
+
+    A failed write is logged once as a warning and raised again by the next `flush`, so a
+    tracking server that went away still ends the sweep with its error; later writes are
+    still tried (a passing outage loses only what it refused)."""
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[tuple[Callable[..., Any], tuple[Any, ...], bool] | None] = (
+            queue.Queue()
+        )
+        self._error: BaseException | None = None
+        self.seconds: list[float] = []
+        """How long each timed write took (the tracking server's round trip), in order."""
+        self._thread = threading.Thread(target=self._run, name="ftray-mlflow-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, call: Callable[..., Any], *args: Any, timed: bool = False) -> None:
+        """Make `call(*args)` after every write submitted before it."""
+        self._queue.put((call, args, timed))
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                self._queue.task_done()
+                return
+            call, args, timed = item
+            started = time.perf_counter()
+            try:
+                call(*args)
+            except Exception as exc:  # raised again by flush
+                if self._error is None:
+                    log.warning(
+                        f"MLflow write failed ({type(exc).__name__}: {exc}); retrying later writes"
+                    )
+                    self._error = exc
+            finally:
+                if timed:
+                    self.seconds.append(time.perf_counter() - started)
+                self._queue.task_done()
+
+    def flush(self) -> None:
+        """Wait until every write submitted so far is made; raise the first that failed."""
+        self._queue.join()
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    def close(self) -> None:
+        """Make what is pending and stop the thread (no error raised: see `flush`)."""
+        self._queue.put(None)
+        self._thread.join()
+
 
 # Keys of a Tune result that are bookkeeping, not metrics of the trial.
 _NOT_METRICS = {
@@ -103,9 +167,17 @@ class SweepRecorder:
         self.spec = spec
         self.client = MlflowClient(uri)
         self.records: dict[str, TrialRecord] = {}
-        self.log_seconds: list[float] = []
-        """How long each epoch's metrics took to log (MLflow's round trip), in order."""
+        self.writer = RunWriter()
         self._live[parent_run_id] = self
+
+    @property
+    def log_seconds(self) -> list[float]:
+        """How long each epoch's metrics took to log (MLflow's round trip), in order."""
+        return self.writer.seconds
+
+    def flush(self) -> None:
+        """Every write so far made (see `RunWriter.flush`)."""
+        self.writer.flush()
 
     @classmethod
     def for_sweep(cls, parent_run_id: str) -> SweepRecorder:
@@ -113,8 +185,18 @@ class SweepRecorder:
         return cls._live[parent_run_id]
 
     def release(self) -> None:
-        """Forget this recorder (the sweep is over)."""
+        """Make the pending writes, stop the writer and forget this recorder (the sweep is
+        over)."""
+        self.writer.close()
         self._live.pop(self.parent_run_id, None)
+
+    def _tags(self, run_id: str, tags: dict[str, str]) -> None:
+        """Set `tags` on the run in one write, in the background."""
+        from mlflow.entities import RunTag
+
+        if tags:
+            items = [RunTag(k, v) for k, v in tags.items()]
+            self.writer.submit(lambda: self.client.log_batch(run_id, tags=items))
 
     def adopt_existing_runs(self) -> int:
         """On resume: take over the parent's child runs; close the ones a dead driver left open.
@@ -152,8 +234,8 @@ class SweepRecorder:
         record = self.records.get(trial_id)
         if record is not None and record.status in (TrialStatus.KILLED, TrialStatus.FAILED):
             # A trial the previous driver left unfinished, now resumed by Tune: reopen its run.
-            self.client.update_run(record.run_id, status="RUNNING")
-            self.client.set_tag(record.run_id, TRIAL_STATUS, TrialStatus.RUNNING.value)
+            self.writer.submit(self.client.update_run, record.run_id, "RUNNING")
+            self._tags(record.run_id, {TRIAL_STATUS: TrialStatus.RUNNING.value})
             record.status = TrialStatus.RUNNING
             log.info(f"trial {trial_id} resumed")
         if record is None:
@@ -167,7 +249,9 @@ class SweepRecorder:
                     TRIAL_STATUS: TrialStatus.RUNNING.value,
                 },
             )
-            log_params(self.client, run.info.run_id, trial_params(self.spec, config))
+            self.writer.submit(
+                log_params, self.client, run.info.run_id, trial_params(self.spec, config)
+            )
             planned = self.spec.with_values(config).train.epochs
             record = TrialRecord(run.info.run_id, planned)
             self.records[trial_id] = record
@@ -179,9 +263,8 @@ class SweepRecorder:
         """Log one epoch's metrics (step = epoch) and, on the first, where the trial runs."""
         record = self.record(trial_id, config)
         if not record.last_result:
-            for key, tag in PLACEMENT.items():
-                if key in result:
-                    self.client.set_tag(record.run_id, tag, str(result[key]))
+            placement = {tag: str(result[key]) for key, tag in PLACEMENT.items() if key in result}
+            self._tags(record.run_id, placement)
         record.last_result = result
         epoch = int(result.get("epoch", result.get("training_iteration", 0)))
         metrics = {
@@ -189,9 +272,7 @@ class SweepRecorder:
             for k, v in result.items()
             if k not in _NOT_METRICS and isinstance(v, int | float) and not isinstance(v, bool)
         }
-        started = time.perf_counter()
-        log_metrics(self.client, record.run_id, metrics, step=epoch)
-        self.log_seconds.append(time.perf_counter() - started)
+        self.writer.submit(log_metrics, self.client, record.run_id, metrics, epoch, timed=True)
         shown = " ".join(
             f"{goal.metric}={_short(result.get(goal.metric))}"
             for goal in (self.spec.search.goals if self.spec.search else ())
@@ -212,7 +293,7 @@ class SweepRecorder:
         `NODE_LOSS_RETRIES` times per trial."""
         record = self.record(trial_id, config)
         record.retries += 1
-        self.client.set_tag(record.run_id, RETRIES, str(record.retries))
+        self._tags(record.run_id, {RETRIES: str(record.retries)})
         forgiven = node_lost and record.node_losses < NODE_LOSS_RETRIES
         if forgiven:
             record.node_losses += 1
@@ -240,21 +321,20 @@ class SweepRecorder:
         run is tagged with the metric ASHA stopped it on and the epoch (rung) it stopped at."""
         record = self.record(trial_id, config)
         record.status = status
-        self.client.set_tag(record.run_id, TRIAL_STATUS, status.value)
+        tags = {TRIAL_STATUS: status.value}
         stopped = ""
         search = self.spec.search
         if status is TrialStatus.PRUNED and search is not None and search.scheduler == "asha":
             metric = self.spec.stopping.metric
-            self.client.set_tag(record.run_id, STOPPED_ON, metric)
-            self.client.set_tag(record.run_id, STOPPED_AT, str(record.epochs))
+            tags |= {STOPPED_ON: metric, STOPPED_AT: str(record.epochs)}
             stopped = f" (ASHA: {metric}={_short(record.last_result.get(metric))})"
         if error:
-            self.client.set_tag(record.run_id, TRIAL_ERROR, error[:5000])
-        try:
-            if samples_file is not None and samples_file.exists():
-                log_samples_table(self.client, record.run_id, samples_file)
-        finally:
-            self.client.set_terminated(record.run_id, "FINISHED" if status.finished else "FAILED")
+            tags[TRIAL_ERROR] = error[:5000]
+        self._tags(record.run_id, tags)
+        if samples_file is not None and samples_file.exists():
+            self.writer.submit(log_samples_table, self.client, record.run_id, samples_file)
+        ended = "FINISHED" if status.finished else "FAILED"
+        self.writer.submit(self.client.set_terminated, record.run_id, ended)
         log.info(
             f"trial {trial_id} {status} after {record.epochs}/{record.planned_epochs} epochs"
             f"{stopped}"
@@ -267,6 +347,8 @@ class SweepRecorder:
     def close_open_runs(self, run_status: str = "KILLED") -> None:
         """End every child run still open (the sweep stopped or crashed)."""
         status = TrialStatus.FAILED if run_status == "FAILED" else TrialStatus.KILLED
+        with contextlib.suppress(Exception):  # its error was logged; the runs still close
+            self.writer.flush()
         for record in self.records.values():
             if record.status == TrialStatus.RUNNING:
                 record.status = status

@@ -65,6 +65,7 @@ def test_losing_its_node_costs_a_trial_none_of_its_retries(
     assert trial.run_metadata.num_failures == 0
     record = callback.recorder.records["t1"]
     assert (record.retries, record.node_losses) == (1, 1)
+    callback.recorder.flush()
     run = callback.recorder.client.get_run(record.run_id)
     assert run.data.tags["ftray.retries"] == "1"
 
