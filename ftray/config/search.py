@@ -93,12 +93,20 @@ def _parse_condition(value: Any) -> Any:
 ConditionText = Annotated[Condition, BeforeValidator(_parse_condition)]
 
 
+def _one_or_many(value: Any) -> Any:
+    """`tie_break: {metric, mode}` is shorthand for a list of one."""
+    return [value] if isinstance(value, Mapping) else value
+
+
 class SelectRule(Frozen):
-    """Which finished trial is registered: the best on `metric` among those meeting `where`."""
+    """Which finished trial is registered: the best on `metric` among those meeting `where`;
+    trials equal on it (and on the sweep's other objectives) are told apart by `tie_break`,
+    in order (see `ftray.tracking.ranking`)."""
 
     metric: str = Field(min_length=1)
     mode: Mode = "max"
     where: tuple[ConditionText, ...] = ()
+    tie_break: Annotated[tuple[Objective, ...], BeforeValidator(_one_or_many)] = ()
 
     @property
     def objective(self) -> Objective:
@@ -111,7 +119,11 @@ class SelectRule(Frozen):
 
     def __str__(self) -> str:
         rule = f"{self.mode} {self.metric}"
-        return f"{rule} where {' and '.join(str(c) for c in self.where)}" if self.where else rule
+        if self.where:
+            rule += f" where {' and '.join(str(c) for c in self.where)}"
+        if self.tie_break:
+            rule += f", ties by {', '.join(str(goal) for goal in self.tie_break)}"
+        return rule
 
 
 class PruneSpec(Frozen):
@@ -318,6 +330,8 @@ class SearchSpec(Frozen):
             found.append((("search", "select", "metric"), self.select.metric))
             for index, condition in enumerate(self.select.where):
                 found.append((("search", "select", "where", index), condition.metric))
+            for index, goal in enumerate(self.select.tie_break):
+                found.append((("search", "select", "tie_break", index, "metric"), goal.metric))
         if self.prune.metric is not None:
             found.append((("search", "prune", "metric"), self.prune.metric))
         return found

@@ -293,6 +293,7 @@ def check_simulation(spec: Spec) -> None:
     metrics: list[str] = []
     if search is not None:
         metrics = [goal.metric for goal in search.goals] + [search.selection.metric]
+        metrics += [goal.metric for goal in search.selection.tie_break]
         if search.scheduler == "asha":
             metrics.append(spec.stopping.metric)
     epochs = max_epochs(spec) if search is not None else spec.train.epochs
