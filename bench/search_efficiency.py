@@ -58,7 +58,8 @@ PENDING, RUNNING, PAUSED, TERMINATED = "PENDING", "RUNNING", "PAUSED", "TERMINAT
 @dataclass(eq=False)
 class SimTrial:
     """What Tune's schedulers read of a trial: its id, config and status (hashable by
-    identity, as Tune's Trial is used as a dict key by HyperBand)."""
+    identity, as Tune's Trial is used as a dict key by HyperBand), and `is_saving`, which
+    HyperBand reads of a trial it stops (Ray 2.60); a simulated trial never saves."""
 
     trial_id: str
     config: dict[str, Any]
@@ -68,6 +69,7 @@ class SimTrial:
     epochs_done: int = 0
     last_result: dict[str, Any] = field(default_factory=dict)
     ends_at: float = math.inf
+    is_saving: bool = False
 
     def __str__(self) -> str:
         return self.trial_id
