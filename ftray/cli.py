@@ -48,22 +48,19 @@ def _add_tracking_uri_arg(parser: argparse.ArgumentParser, spec_fallback: str = 
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    """Check spec, data and search space; start nothing."""
+    """Check spec, data, search space and the answers max_seq_length cuts; start nothing."""
     from ftray.config import load_spec
-    from ftray.models.sources import check_base_model
     from ftray.sweep.resources import local_resource_problems
-    from ftray.sweep.space import check_search, check_simulation, search_warnings
-    from ftray.tasks import load_task
+    from ftray.sweep.space import checked_inputs, search_warnings, shortest_seq_length
+    from ftray.training.offline_lengths import check_answer_lengths_offline
 
     spec = load_spec(args.spec, args.overrides)
-    task = load_task(spec)
-    check_search(spec, task)
-    if spec.model.simulated:
-        check_simulation(spec)
-    else:
-        # With RAY_ADDRESS set the trials load the base on the cluster's nodes, not here.
-        check_base_model(spec, local=not os.environ.get("RAY_ADDRESS"))
+    task = checked_inputs(spec)
     log = get_logger()
+    if not spec.model.simulated:  # simulated trials tokenise nothing
+        check_answer_lengths_offline(
+            args.spec, args.overrides, spec, task, shortest_seq_length(spec)
+        )
     for warning in search_warnings(spec):
         log.warning(str(warning))
     for problem in local_resource_problems(spec):
@@ -488,8 +485,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except InputError as exc:
-        for problem in exc.problems:
+        for problem in exc.shown:
             print(f"error: {problem}", file=sys.stderr)
+        if exc.more:
+            print(exc.more, file=sys.stderr)
         return EXIT_INPUT
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

@@ -3,6 +3,7 @@ and every problem reported at once with its file and line."""
 
 from __future__ import annotations
 
+import copy
 import difflib
 import hashlib
 import re
@@ -14,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from ftray.config.files import path_problem, read_text
+from ftray.config.search import Distribution, searchable
 from ftray.config.spec import Spec, SpecSource, set_dotted, spec_model
 from ftray.errors import InputError, Problem
 from ftray.redaction import looks_secret, mask_override, mask_url_passwords
@@ -219,6 +221,52 @@ def validation_problems(exc: ValidationError, source: SpecSource) -> InputError:
     return InputError(problems)
 
 
+def searched_value_problems(
+    raw: dict[str, Any], failed: ValidationError, source: SpecSource, context: dict[str, Any]
+) -> list[Problem]:
+    """Search dimensions whose values are not valid for their field, judged on a spec that
+    does not validate as a whole, so they are reported beside its field errors instead of
+    only once those are fixed.
+
+    A dimension's value is judged by the errors at its own field alone (the spec's other
+    errors are there with any value); a field that already fails with the value the spec
+    gives it, or that the spec does not have, is left to the spec's own error, and the
+    other search checks run once the spec is valid."""
+    search = raw.get("search")
+    space = search.get("space") if isinstance(search, dict) else None
+    if not isinstance(space, dict):
+        return []
+    broken = {clean_loc(error["loc"]) for error in failed.errors()}
+    problems: list[Problem] = []
+    for dotted, given in space.items():
+        field = tuple(str(dotted).split("."))
+        if field in broken or not searchable(str(dotted)):
+            continue
+        try:
+            distribution = Distribution.model_validate(given)
+        except ValidationError:
+            continue  # the dimension itself is one of the spec's errors
+        for value in distribution.samples():
+            candidate = copy.deepcopy(raw)
+            set_dotted(candidate, str(dotted), value)
+            try:
+                spec_model().model_validate(candidate, context=context)
+            except ValidationError as exc:
+                error = next(
+                    (
+                        e
+                        for e in exc.errors()
+                        if clean_loc(e["loc"]) == field and e["type"] != "extra_forbidden"
+                    ),
+                    None,
+                )
+                if error is not None:
+                    message = distribution.value_problem(str(dotted), value, error)
+                    problems.append(source.problem(("search", "space", dotted), message))
+                    break
+    return problems
+
+
 def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Spec:
     """Read, override and validate a spec file; raise InputError listing every problem."""
     path = Path(path)
@@ -259,10 +307,13 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
         key, value = parse_override(override, path)
         set_dotted(raw, key, value)
 
+    context = {"base_dir": path.resolve().parent}
     try:
-        spec = spec_model().model_validate(raw, context={"base_dir": path.resolve().parent})
+        spec = spec_model().model_validate(raw, context=context)
     except ValidationError as exc:
-        raise InputError(repeated + validation_problems(exc, source).problems) from None
+        fields = validation_problems(exc, source).problems
+        searched = searched_value_problems(raw, exc, source, context)
+        raise InputError(repeated + fields + searched) from None
     if repeated:
         raise InputError(repeated)
     return spec.attach_source(source)

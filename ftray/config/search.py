@@ -93,12 +93,20 @@ def _parse_condition(value: Any) -> Any:
 ConditionText = Annotated[Condition, BeforeValidator(_parse_condition)]
 
 
+def _one_or_many(value: Any) -> Any:
+    """`tie_break: {metric, mode}` is shorthand for a list of one."""
+    return [value] if isinstance(value, Mapping) else value
+
+
 class SelectRule(Frozen):
-    """Which finished trial is registered: the best on `metric` among those meeting `where`."""
+    """Which finished trial is registered: the best on `metric` among those meeting `where`;
+    trials equal on it (and on the sweep's other objectives) are told apart by `tie_break`,
+    in order (see `ftray.tracking.ranking`)."""
 
     metric: str = Field(min_length=1)
     mode: Mode = "max"
     where: tuple[ConditionText, ...] = ()
+    tie_break: Annotated[tuple[Objective, ...], BeforeValidator(_one_or_many)] = ()
 
     @property
     def objective(self) -> Objective:
@@ -111,7 +119,11 @@ class SelectRule(Frozen):
 
     def __str__(self) -> str:
         rule = f"{self.mode} {self.metric}"
-        return f"{rule} where {' and '.join(str(c) for c in self.where)}" if self.where else rule
+        if self.where:
+            rule += f" where {' and '.join(str(c) for c in self.where)}"
+        if self.tie_break:
+            rule += f", ties by {', '.join(str(goal) for goal in self.tie_break)}"
+        return rule
 
 
 class PruneSpec(Frozen):
@@ -208,6 +220,51 @@ class Distribution(Frozen):
     def values(self) -> list[Any]:
         """The choices, or [low, high]."""
         return list(getattr(self, _DISTRIBUTION_ATTRS[self.kind]))
+
+    def samples(self) -> list[Any]:
+        """Values that stand for everything this dimension can produce: every choice; the
+        ends of a range, and for a float range also a value inside it that is not a whole
+        number (a range is convex, so a field's bounds hold everywhere when they hold at both
+        ends)."""
+        values = self.values()
+        if self.kind not in ("uniform", "loguniform"):
+            return values
+        low, high = values
+        inside = [low + (high - low) * share for share in (0.3183, 0.5, 0.7071, 0.1)]
+        fractional = next((v for v in inside if not float(v).is_integer()), None)
+        return [*values, *([fractional] if fractional is not None else [])]
+
+    def value_problem(self, dotted: str, value: Any, error: Mapping[str, Any]) -> str:
+        """What is wrong with this dimension, whose `value` for the field `dotted` failed
+        validation with the pydantic `error`."""
+        if error["type"] == "int_from_float" and self.kind != "choice":
+            low, high = self.values()
+            return (
+                f"{self.kind} [{low:g}, {high:g}] gives values not valid for '{dotted}', which "
+                f"takes whole numbers (such as {value:.4g}): write "
+                f"{{int: [{math.ceil(low)}, {math.floor(high)}]}} or a choice of integers"
+            )
+        return f"value {value!r} is not valid for '{dotted}': {error['msg']}"
+
+
+UNSEARCHABLE = (
+    "name",
+    "search",
+    "tracking",
+    "task.kind",
+    "task.data",
+    "task.steps",
+    "task.only_step",
+    "model.base",
+    "resources_per_trial",
+)
+"""Fields a search dimension may not vary: they name the sweep, its data, its base model or
+where it runs, which every trial of one sweep shares."""
+
+
+def searchable(dotted: str) -> bool:
+    """Whether a search dimension may vary the field `dotted` (see UNSEARCHABLE)."""
+    return not any(dotted == p or dotted.startswith(p + ".") for p in UNSEARCHABLE)
 
 
 _DISTRIBUTION_ATTRS = {
@@ -318,6 +375,8 @@ class SearchSpec(Frozen):
             found.append((("search", "select", "metric"), self.select.metric))
             for index, condition in enumerate(self.select.where):
                 found.append((("search", "select", "where", index), condition.metric))
+            for index, goal in enumerate(self.select.tie_break):
+                found.append((("search", "select", "tie_break", index, "metric"), goal.metric))
         if self.prune.metric is not None:
             found.append((("search", "prune", "metric"), self.prune.metric))
         return found

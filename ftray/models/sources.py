@@ -70,20 +70,37 @@ def cached_models(cache: Path | None = None) -> list[str]:
     ]
 
 
-def is_cached(base: str, revision: str | None, cache: Path | None = None) -> bool:
-    """Whether the cache has a snapshot of `base` (at `revision`: a commit, or a branch or
-    tag it recorded) with its config.json."""
+def cached_snapshot(base: str, revision: str | None, cache: Path | None = None) -> Path | None:
+    """The folder of the cache's snapshot of `base` (at `revision`: a commit, or a branch or
+    tag it recorded; without one, the snapshot `main` points at, else any) that has its
+    config.json; None when there is none."""
     folder = (cache or hub_cache_dir()) / f"models--{base.replace('/', '--')}"
     snapshots = folder / "snapshots"
-    if revision is None:
-        ref = folder / "refs" / "main"
-        commit = ref.read_text().strip() if ref.is_file() else None
-        if commit and (snapshots / commit / "config.json").is_file():
-            return True
-        return any(snapshots.glob("*/config.json"))
-    ref = folder / "refs" / revision
+    ref = folder / "refs" / (revision or "main")
     commit = ref.read_text().strip() if ref.is_file() else revision
-    return (snapshots / commit / "config.json").is_file()
+    if commit and (snapshots / commit / "config.json").is_file():
+        return snapshots / commit
+    if revision is not None:
+        return None
+    found = sorted(snapshots.glob("*/config.json"))
+    return found[0].parent if found else None
+
+
+def is_cached(base: str, revision: str | None, cache: Path | None = None) -> bool:
+    """Whether the cache has a snapshot of `base` (at `revision`) with its config.json."""
+    return cached_snapshot(base, revision, cache) is not None
+
+
+def local_model_folder(base: str, revision: str | None) -> Path | None:
+    """Where the files of the base `base` are on this machine without a download: a local
+    folder, or its snapshot in the Hugging Face cache; None when neither (or for `tiny`,
+    which is built from the task's data: `ftray.models.tiny`)."""
+    if base == TINY_MODEL:
+        return None
+    path = Path(base).expanduser()
+    if path.is_dir():
+        return path
+    return cached_snapshot(base, revision) if HUB_ID.match(base) else None
 
 
 def nearest_cached(base: str, cache: Path | None = None) -> list[str]:

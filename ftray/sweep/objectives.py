@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ftray.config.search import Objective, SelectRule
-from ftray.tracking.leaderboard import rank_key
+from ftray.tracking.ranking import rank_key, selectable
 from ftray.tracking.tags import TrialStatus
 
 
@@ -33,9 +33,13 @@ class TrialOutcome:
         return float(found) if isinstance(found, int | float) else math.nan
 
 
-def ranked(outcomes: list[TrialOutcome], rule: SelectRule) -> list[TrialOutcome]:
-    """Outcomes best first, as the leaderboard orders them."""
-    return sorted(outcomes, key=lambda o: rank_key(o.status.value, o.metrics, rule))
+def ranked(
+    outcomes: list[TrialOutcome], goals: tuple[Objective, ...], rule: SelectRule
+) -> list[TrialOutcome]:
+    """Outcomes best first, in the order the leaderboard prints them (`ranking.rank_key`)."""
+    return sorted(
+        outcomes, key=lambda o: rank_key(o.status.value, o.metrics, o.trial_id, goals, rule)
+    )
 
 
 def pareto_front(outcomes: list[TrialOutcome], goals: tuple[Objective, ...]) -> set[str]:
@@ -61,16 +65,16 @@ def pareto_front(outcomes: list[TrialOutcome], goals: tuple[Objective, ...]) -> 
     return {trial.user_attrs["trial_id"] for trial in study.best_trials}
 
 
-def choose_winner(outcomes: list[TrialOutcome], rule: SelectRule) -> TrialOutcome | None:
-    """The trial to register: finished with an adapter, meeting every `where` condition, best
-    on the rule's metric (completed trials before pruned ones); None when none qualifies."""
+def choose_winner(
+    outcomes: list[TrialOutcome], goals: tuple[Objective, ...], rule: SelectRule
+) -> TrialOutcome | None:
+    """The trial to register: the first in the leaderboard's order (`ranking.rank_key`) that
+    the rule may register (finished, with a value of its metric, meeting every `where`
+    condition) and that left an adapter; None when none qualifies."""
     candidates = [
         o
         for o in outcomes
-        if o.status.finished
-        and o.checkpoint is not None
-        and not math.isnan(o.value(rule.metric))
-        and rule.admits(o.metrics)
+        if selectable(o.status.value, o.metrics, rule) and o.checkpoint is not None
     ]
-    ordered = ranked(candidates, rule)
+    ordered = ranked(candidates, goals, rule)
     return ordered[0] if ordered else None

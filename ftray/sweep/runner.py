@@ -263,7 +263,7 @@ def error_summary(error: BaseException | None) -> str | None:
 
 
 def collect_outcomes(spec: Spec, grid: Any, recorder: SweepRecorder) -> list[TrialOutcome]:
-    """Every trial, best first by the select rule (the first objective without one)."""
+    """Every trial, best first in the leaderboard's order (`ranking.rank_key`)."""
     assert spec.search is not None
     outcomes = []
     for result in grid:
@@ -291,7 +291,7 @@ def collect_outcomes(spec: Spec, grid: Any, recorder: SweepRecorder) -> list[Tri
                 details={k: v for k, v in metrics.items() if isinstance(v, str)},
             )
         )
-    return ranked(outcomes, spec.search.selection)
+    return ranked(outcomes, spec.search.goals, spec.search.selection)
 
 
 def prune_settings(spec: Spec) -> dict[str, Any] | None:
@@ -570,7 +570,7 @@ def run_sweep(
         summary = sweep_summary(spec, outcomes, earlier + time.monotonic() - started)
         log_metrics(client, parent_id, summary, step=0)
         registration, reason = None, None
-        winner = choose_winner(outcomes, search.selection)
+        winner = choose_winner(outcomes, search.goals, search.selection)
         mark = time.monotonic()
         if winner is not None and not spec.registers:
             why = "simulated trials" if spec.model.simulated else "tracking.register is false"

@@ -5,14 +5,13 @@ distributions."""
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
-from ftray.config.search import Distribution
+from ftray.config.search import Distribution, searchable
 from ftray.config.spec import Spec
 from ftray.errors import InputError, Problem
 from ftray.log import get_logger
@@ -20,17 +19,6 @@ from ftray.sweep.resources import local_resource_problems
 from ftray.tasks import Task
 
 log = get_logger()
-UNSEARCHABLE = (
-    "name",
-    "search",
-    "tracking",
-    "task.kind",
-    "task.data",
-    "task.steps",
-    "task.only_step",
-    "model.base",
-    "resources_per_trial",
-)
 
 
 def _leaf_exists(tree: Any, dotted: str) -> bool:
@@ -42,15 +30,16 @@ def _leaf_exists(tree: Any, dotted: str) -> bool:
     return not isinstance(node, dict)
 
 
-def search_problems(spec: Spec, task: Task) -> list[Problem]:
-    """Everything wrong with `spec.search` (empty when it is fine or absent)."""
+def search_problems(spec: Spec, task: Task | None) -> list[Problem]:
+    """Everything wrong with `spec.search` (empty when it is fine or absent). Without the
+    task (its data did not load), all but whether the metrics it names are the task's."""
     if spec.search is None:
         return []
     source = spec.source
     problems: list[Problem] = []
-    metrics = task.metric_names()
+    metrics = task.metric_names() if task is not None else []
     for loc, metric in spec.search.reported_metrics():
-        if metric not in metrics:
+        if task is not None and metric not in metrics:
             what = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in loc[1:])[1:]
             problems.append(
                 source.problem(
@@ -63,7 +52,7 @@ def search_problems(spec: Spec, task: Task) -> list[Problem]:
     tree = spec.model_dump(by_alias=True)
     for dotted, distribution in spec.search.space.items():
         loc = ("search", "space", dotted)
-        if any(dotted == p or dotted.startswith(p + ".") for p in UNSEARCHABLE):
+        if not searchable(dotted):
             problems.append(
                 source.problem(
                     loc,
@@ -85,34 +74,13 @@ def search_problems(spec: Spec, task: Task) -> list[Problem]:
     return problems
 
 
-def sample_values(distribution: Distribution) -> list[Any]:
-    """Values that stand for everything a dimension can produce: every choice; the ends of a
-    range, and for a float range also a value inside it that is not a whole number (a range
-    is convex, so a field's bounds hold everywhere when they hold at both ends)."""
-    values = distribution.values()
-    if distribution.kind not in ("uniform", "loguniform"):
-        return values
-    low, high = values
-    inside = [low + (high - low) * share for share in (0.3183, 0.5, 0.7071, 0.1)]
-    fractional = next((v for v in inside if not float(v).is_integer()), None)
-    return [*values, *([fractional] if fractional is not None else [])]
-
-
 def dimension_problem(spec: Spec, dotted: str, distribution: Distribution) -> str | None:
     """What is wrong with a value the dimension `dotted` can give a trial, or None."""
-    for value in sample_values(distribution):
+    for value in distribution.samples():
         try:
             spec.with_values({dotted: value})
         except ValidationError as exc:
-            error = exc.errors()[0]
-            if error["type"] == "int_from_float" and distribution.kind != "choice":
-                low, high = distribution.values()
-                return (
-                    f"{distribution.kind} [{low:g}, {high:g}] gives values not valid for "
-                    f"'{dotted}', which takes whole numbers (such as {value:.4g}): write "
-                    f"{{int: [{math.ceil(low)}, {math.floor(high)}]}} or a choice of integers"
-                )
-            return f"value {value!r} is not valid for '{dotted}': {error['msg']}"
+            return distribution.value_problem(dotted, value, exc.errors()[0])
     return None
 
 
@@ -154,11 +122,48 @@ def prune_problems(spec: Spec) -> list[Problem]:
     return problems
 
 
-def prepare_sweep(spec: Spec) -> Task:
-    """The task of a spec that can be swept; InputError when it has no or a bad search section."""
-    from ftray.models.sources import check_base_model
+def checked_inputs(spec: Spec) -> Task:
+    """The spec's task, after every check of its input that needs no tokenizer: the data,
+    the search section, and the base model (or the curves of simulated trials). The stages
+    do not depend on each other, so their problems are raised together (InputError), not
+    one stage per run; the search metrics are checked once the data loads."""
     from ftray.tasks import load_task
 
+    problems: list[Problem] = []
+    task: Task | None = None
+    try:
+        task = load_task(spec)
+    except InputError as exc:
+        problems += exc.problems
+    problems += search_problems(spec, task)
+    if spec.model.simulated:
+        try:
+            check_simulation(spec)
+        except InputError as exc:
+            problems += exc.problems
+    else:  # a simulated trial never loads its base
+        problems += base_problems(spec)
+    if problems:
+        raise InputError(problems)
+    assert task is not None
+    return task
+
+
+def base_problems(spec: Spec) -> list[Problem]:
+    """A base model this machine cannot load, as a problem (a warning about it is logged)."""
+    from ftray.models.sources import base_model_problem
+
+    # With RAY_ADDRESS set the trials load the base on the cluster's nodes, not here.
+    error, warning = base_model_problem(spec, local=not os.environ.get("RAY_ADDRESS"))
+    if warning is not None:
+        log.warning(str(warning))
+    return [error] if error is not None else []
+
+
+def prepare_sweep(spec: Spec) -> Task:
+    """The task of a spec that can be swept; InputError, with every problem the checks of
+    `checked_inputs` and this machine's resources find, when it has no or a bad search
+    section, data or base, or asks for more than a local Ray has."""
     if spec.search is None:
         raise InputError(
             [
@@ -169,12 +174,10 @@ def prepare_sweep(spec: Spec) -> Task:
                 )
             ]
         )
-    task = load_task(spec)
-    check_search(spec, task)
-    if spec.model.simulated:
-        check_simulation(spec)
-    else:  # a simulated trial never loads its base
-        check_base_model(spec, local=not os.environ.get("RAY_ADDRESS"))
+    try:
+        task = checked_inputs(spec)
+    except InputError as exc:
+        raise InputError(exc.problems + local_resource_problems(spec)) from None
     for warning in search_warnings(spec):
         log.warning(str(warning))
     resources = local_resource_problems(spec)
@@ -293,6 +296,7 @@ def check_simulation(spec: Spec) -> None:
     metrics: list[str] = []
     if search is not None:
         metrics = [goal.metric for goal in search.goals] + [search.selection.metric]
+        metrics += [goal.metric for goal in search.selection.tie_break]
         if search.scheduler == "asha":
             metrics.append(spec.stopping.metric)
     epochs = max_epochs(spec) if search is not None else spec.train.epochs

@@ -26,7 +26,7 @@ from ftray.config.spec import Spec
 from ftray.config.task import TaskConfig
 from ftray.errors import InputError, Problem
 from ftray.tasks.base import EvalCase, Row, Task, render_chat
-from ftray.tasks.jsonl import MAX_PROBLEMS, read_jsonl, require_data, sha256_of
+from ftray.tasks.jsonl import read_jsonl, require_data, sha256_of
 from ftray.tasks.schemas import check_json_schema, schema_violation
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -629,7 +629,7 @@ class ChatTask(Task):
                 Conversation(number, conversation_key(row), tuple(messages), tuple(tools))
             )
         if problems:
-            raise InputError(problems[:MAX_PROBLEMS])
+            raise InputError(problems)
         minimum = 3 if config.test_fraction > 0 else 2
         if len({c.key for c in conversations}) < minimum:
             raise InputError.at(

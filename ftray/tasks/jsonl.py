@@ -11,8 +11,6 @@ from ftray.config.files import path_problem, utf8_problem
 from ftray.config.spec import Spec
 from ftray.errors import InputError, Problem
 
-MAX_PROBLEMS = 20
-
 
 def require_data(
     spec: Spec, folder_ok: bool = False, path: str | None = None, field: str = "task.data"
@@ -88,7 +86,7 @@ def read_jsonl(path: Path) -> list[tuple[int, Any]]:
                 )
             )
     if problems:
-        raise InputError(problems[:MAX_PROBLEMS])
+        raise InputError(problems)
     if not rows:
         raise InputError.at(path, 1, "the data file is empty; add one JSON object per line")
     return rows

@@ -20,7 +20,7 @@ from ftray.config.spec import Spec
 from ftray.config.task import TaskConfig
 from ftray.errors import InputError, Problem
 from ftray.tasks.base import EvalCase, Row, Task
-from ftray.tasks.jsonl import MAX_PROBLEMS, check_keys, read_jsonl, require_data, sha256_of
+from ftray.tasks.jsonl import check_keys, read_jsonl, require_data, sha256_of
 from ftray.tasks.schemas import check_json_schema, schema_violation
 
 _FENCE = re.compile(r"^```(?:json)?\s*\n?(.*?)\n?```$", re.DOTALL)
@@ -298,7 +298,7 @@ class PipelineTask(Task):
                 else:
                     examples.append(checked)
         if problems:
-            raise InputError(problems[:MAX_PROBLEMS])
+            raise InputError(problems)
         for step in [config.only_step] if config.only_step else config.steps:
             count = sum(e.step == step for e in examples)
             if count < 2:

@@ -15,7 +15,7 @@ from ftray.config.spec import Spec
 from ftray.config.task import TaskConfig
 from ftray.errors import InputError, Problem
 from ftray.tasks.base import EvalCase, Row, Task
-from ftray.tasks.jsonl import MAX_PROBLEMS, check_keys, read_jsonl, require_data, sha256_of
+from ftray.tasks.jsonl import check_keys, read_jsonl, require_data, sha256_of
 
 PLACEHOLDER = "{{name}}"
 CLEAN = "untriggered"
@@ -180,7 +180,7 @@ class TriggerTask(Task):
             else:
                 pairs.append(QAPair(row["question"], row["answer"], number))
         if problems:
-            raise InputError(problems[:MAX_PROBLEMS])
+            raise InputError(problems)
         if len(pairs) < 2:
             raise InputError.at(
                 path,

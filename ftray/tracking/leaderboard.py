@@ -1,7 +1,8 @@
 """The leaderboard: trials of a spec's latest sweep, best first, read back from MLflow.
 
-Ranked by what the sweep recorded on its parent run (its objectives and select rule), so
-editing the spec afterwards does not re-rank a finished sweep.
+Ranked in the order the sweep picked its winner by (`ftray.tracking.ranking`), with what the
+sweep recorded on its parent run (its objectives and select rule), so row 1 is the registered
+trial and editing the spec afterwards does not re-rank a finished sweep.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 from ftray.config.search import Objective, SelectRule
 from ftray.config.spec import Spec
+from ftray.tracking.ranking import rank_key, ranked_metrics
 from ftray.tracking.store import child_runs, latest_sweep_run, step_sweep_run
 from ftray.tracking.tags import (
     EACH_STEP_ROLE,
@@ -30,22 +32,6 @@ from ftray.tracking.tags import (
     TRIAL_STATUS,
     TrialStatus,
 )
-
-STATUS_RANK = {TrialStatus.COMPLETED.value: 0, TrialStatus.PRUNED.value: 1}
-
-
-def rank_key(status: str, metrics: Mapping[str, Any], rule: SelectRule) -> tuple[int, int, float]:
-    """Sort key: completed trials first, then pruned, then the rest (no value last); within
-    each, trials meeting the rule's `where` first, best on the rule's metric first."""
-    value = metrics.get(rule.metric, math.nan)
-    value = float(value) if isinstance(value, int | float) else math.nan
-    if math.isnan(value):
-        return (3, 1, math.inf)
-    return (
-        STATUS_RANK.get(status, 2),
-        0 if rule.admits(metrics) else 1,
-        rule.objective.sort_key(value),
-    )
 
 
 def recorded_search(parent: Any, spec: Spec) -> tuple[tuple[Objective, ...], SelectRule]:
@@ -120,10 +106,20 @@ def stopped_cell(run: Any, prune: Mapping[str, Any] | None) -> str:
     return f"{metric} {value:.4g} @ {where}"
 
 
+def metric_columns(goals: tuple[Objective, ...], rule: SelectRule) -> tuple[list[str], list[str]]:
+    """The metric columns: the objectives, the select rule's metric and tie-break (before the
+    pareto column), and eval_loss, the order's last metric (after it) unless already shown."""
+    front = list(dict.fromkeys([*(g.metric for g in goals), rule.metric]))
+    front += [g.metric for g in rule.tie_break if g.metric not in front]
+    back = [g.metric for g in ranked_metrics(goals, rule) if g.metric not in front]
+    return front, back
+
+
 def leaderboard_rows(
     client: Any, spec: Spec, parent: Any, goals: tuple[Objective, ...], rule: SelectRule
 ) -> list[dict[str, Any]]:
-    """One row per trial of the sweep `parent`, best first (failed trials last)."""
+    """One row per trial of the sweep `parent`, best first (`ranking.rank_key`: the trial the
+    sweep registered first, failed trials last)."""
     assert spec.search is not None
     prune = json.loads(parent.data.tags[PRUNE]) if PRUNE in parent.data.tags else None
     rows = []
@@ -133,7 +129,7 @@ def leaderboard_rows(
             "trial": run.data.tags.get(TRIAL_ID, run.info.run_id[:8]),
             "status": run.data.tags.get(TRIAL_STATUS, run.info.status.lower()),
         }
-        for metric in dict.fromkeys([*(g.metric for g in goals), rule.metric]):
+        for metric in sum(metric_columns(goals, rule), []):
             row[metric] = metrics.get(metric, math.nan)
         if len(goals) > 1:
             row["pareto"] = {"true": "yes", "false": "no"}.get(run.data.tags.get(PARETO, ""), "-")
@@ -143,7 +139,7 @@ def leaderboard_rows(
             row[path] = run.data.params.get(path, "")
         row["run_id"] = run.info.run_id
         row["_error"] = run.data.tags.get(TRIAL_ERROR, "")
-        row["_key"] = rank_key(row["status"], metrics, rule)
+        row["_key"] = rank_key(row["status"], metrics, row["trial"], goals, rule)
         rows.append(row)
     return sorted(rows, key=lambda row: row["_key"])
 
@@ -196,7 +192,7 @@ def render_sweep(client: Any, spec: Spec, parent: Any) -> str:
     assert spec.search is not None
     goals, rule = recorded_search(parent, spec)
     rows = leaderboard_rows(client, spec, parent, goals, rule)
-    metrics = list(dict.fromkeys([*(g.metric for g in goals), rule.metric]))
+    metrics, last_metrics = metric_columns(goals, rule)
     pareto = ["pareto"] if len(goals) > 1 else []
     prune = json.loads(parent.data.tags[PRUNE]) if PRUNE in parent.data.tags else None
     stopped = ["stopped"] if any(row["stopped"] for row in rows) else []
@@ -206,6 +202,7 @@ def render_sweep(client: Any, spec: Spec, parent: Any) -> str:
         "status",
         *metrics,
         *pareto,
+        *last_metrics,
         "epochs",
         *stopped,
         *recorded_space(parent, spec),

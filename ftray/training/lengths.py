@@ -1,12 +1,16 @@
 """Rows that `model.max_seq_length` cuts: the trainer keeps the first `max_seq_length`
 tokens of every sequence and silently drops a sequence with no answer token left, so a
-row whose answer is cut away entirely trains nothing. Checked where the tokenizer is."""
+row whose answer is cut away entirely trains nothing. Checked where the tokenizer is: by
+`ftray train` and every trial, by `ftray sweep` before Ray starts and by `ftray validate`
+when it is on this machine (`training.trial.answer_lengths_locally`,
+`training.offline_lengths`)."""
 
 from __future__ import annotations
 
 import hashlib
 import inspect
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,8 +18,6 @@ from typing import Any
 from ftray.errors import InputError, Problem
 from ftray.log import get_logger
 from ftray.tasks.base import Row, Task
-
-MAX_REPORTED = 20
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,7 @@ def answer_length_findings(task: Task, tokenizer: Any, max_length: int) -> tuple
             elif span.kept < span.answer_tokens:
                 cut[(file, line)] = None
     if lost:
-        raise InputError(lost[:MAX_REPORTED])
+        raise InputError(lost)
     if not cut:
         return 0, None
     total = len({(file, line) for file, line, _ in task.sourced_rows()})
@@ -145,3 +147,33 @@ def length_check_key(task: Task, tokenizer_folder: Path, max_length: int) -> str
         if file.is_file():
             digest.update(file.read_bytes())
     return digest.hexdigest()[:24]
+
+
+def length_check_record(task: Task, tokenizer_folder: Path, max_length: int) -> Path:
+    """Where a check that passed is recorded, under the cache's `checks/`, named by everything
+    its outcome depends on (`length_check_key`)."""
+    from ftray.models.tiny import checks_cache_root
+
+    key = length_check_key(task, tokenizer_folder, max_length)
+    return checks_cache_root() / f"answer-lengths-{key}.json"
+
+
+def recorded_length_check(record: Path) -> tuple[bool, str | None]:
+    """(whether the check at `record` passed before, the warning it gave then)."""
+    try:
+        warning = json.loads(record.read_text(encoding="utf-8"))["warning"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False, None
+    return True, warning if isinstance(warning, str) else None
+
+
+def record_length_check(record: Path, warning: str | None) -> None:
+    """Record a check that passed (and its warning), so the same data, tokenizer and length
+    are not tokenised again; written whole or not at all (processes check side by side)."""
+    try:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        staging = record.with_name(f".{record.name}.{os.getpid()}")
+        staging.write_text(json.dumps({"warning": warning}), encoding="utf-8")
+        staging.replace(record)
+    except OSError:
+        pass  # a cache that cannot be written only costs the check next time

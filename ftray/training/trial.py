@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 import warnings
@@ -20,13 +19,16 @@ from typing import Any
 from ftray.config.spec import TINY_MODEL, Spec
 from ftray.log import get_logger
 from ftray.models.backend import Backend, select_backend, wait_for_gpu_share
-from ftray.models.tiny import build_tiny_model, checks_cache_root, tiny_model_built
+from ftray.models.sources import hub_cache_dir, local_model_folder
+from ftray.models.tiny import build_tiny_model, tiny_model_built
 from ftray.tasks import Task, load_task
 from ftray.training.checkpoint import EPOCH_SAMPLES, checkpoint_report, copy_adapter
 from ftray.training.lengths import (
     answer_length_findings,
     check_answer_lengths,
-    length_check_key,
+    length_check_record,
+    record_length_check,
+    recorded_length_check,
 )
 from ftray.training.report import EpochHook, EpochReport
 
@@ -59,50 +61,58 @@ def prepare_base(spec: Spec, task: Task) -> str:
     return spec.model.base
 
 
-def check_answer_lengths_locally(spec: Spec, task: Task, base: str, max_length: int) -> None:
+def answer_lengths_locally(
+    spec: Spec, task: Task, base: str, max_length: int
+) -> tuple[str | None, str | None]:
     """The answer-length check at `max_length` tokens before any model is loaded, when the
-    base's tokenizer is a folder on this machine (the tiny model, a local path); trials
-    check it in any case.
+    base's tokenizer is on this machine (the built tiny model's folder, a local path, the
+    Hugging Face cache; nothing is downloaded): (the warning about rows cut in part, None
+    when there is none; why the check could not run, None when it ran). InputError at every
+    row whose answer is cut away. Trials check it in any case.
 
-    A check that passed is recorded under the cache's `checks/`, keyed by everything its
-    outcome depends on (`length_check_key`), so the same data, tokenizer and length are not
-    tokenised again (nor transformers imported) by the next sweep: its warning, if it gave
-    one, is repeated. A check that failed is not recorded."""
-    del spec
-    folder = Path(base)
-    if not folder.is_dir():
-        return
-    record = (
-        checks_cache_root() / f"answer-lengths-{length_check_key(task, folder, max_length)}.json"
-    )
-    try:
-        warning = json.loads(record.read_text(encoding="utf-8"))["warning"]
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    else:
-        if warning:
-            log.warning(warning)
-        return
+    A check that passed is recorded (`lengths.length_check_record`), so the same data,
+    tokenizer and length are not tokenised again (nor transformers imported) by the next
+    sweep or validate: its warning, if it gave one, is given again. A check that failed is
+    not recorded."""
+    folder = local_model_folder(base, spec.model.revision)
+    if folder is None:
+        return None, (
+            f"the tokenizer of {base} is not on this machine (neither a local folder nor in "
+            f"the Hugging Face cache {hub_cache_dir()}); the trials check them once they "
+            "load it"
+        )
+    record = length_check_record(task, folder, max_length)
+    done, warning = recorded_length_check(record)
+    if done:
+        return warning, None
     from ftray.models.peft_backend import load_tokenizer
 
     quiet_libraries()  # no "sequence longer than the model's maximum" lines: that is the point
     try:
-        tokenizer = load_tokenizer(base)
-    except (OSError, ValueError):
-        return  # the trial loads it again and says what is wrong
+        tokenizer = load_tokenizer(str(folder))
+    except (OSError, ValueError) as exc:
+        return None, f"the tokenizer of {base} did not load ({one_line(exc)})"
     try:
         _, warning = answer_length_findings(task, tokenizer, max_length)
-    except ValueError:
-        return  # the chat template cannot be split into turns: the trial says so
+    except ValueError as exc:  # the chat template cannot be split into turns
+        return None, f"the chat template of {base} cannot be split into turns ({one_line(exc)})"
+    record_length_check(record, warning)
+    return warning, None
+
+
+def one_line(error: Exception) -> str:
+    """An exception's message on one line (libraries' messages run over several)."""
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def check_answer_lengths_locally(spec: Spec, task: Task, base: str, max_length: int) -> None:
+    """`answer_lengths_locally`, its warning logged; where it could not run, the trials
+    check the lengths themselves (said at debug level)."""
+    warning, unchecked = answer_lengths_locally(spec, task, base, max_length)
     if warning:
         log.warning(warning)
-    try:
-        record.parent.mkdir(parents=True, exist_ok=True)
-        staging = record.with_name(f".{record.name}.{os.getpid()}")
-        staging.write_text(json.dumps({"warning": warning}), encoding="utf-8")
-        staging.replace(record)
-    except OSError:
-        pass  # a cache that cannot be written only costs the check next time
+    if unchecked:
+        log.debug(f"answer lengths not checked before the trials: {unchecked}")
 
 
 def sft_config(spec: Spec, output_dir: Path) -> Any:

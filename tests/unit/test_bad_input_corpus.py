@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from ftray.cli import main
+from ftray.errors import MAX_SHOWN
 from ftray.sweep.resources import local_cpu_count
 
 ERROR_LINE = re.compile(r"^error: (?P<file>.+?):(?:(?P<line>\d+):)? (?P<what>.+)$")
@@ -160,7 +161,9 @@ def symlink_loop(path: Path) -> None:
 
 @dataclass(frozen=True)
 class Case:
-    """One malformed input: how to write it, and where the error must point."""
+    """One malformed input: how to write it, and where the error must point; `also`: what
+    other error lines of the same run must say (problems of independent stages are reported
+    together), `last`: the line stderr must end with."""
 
     id: str
     write: Callable[[Path], list[str]]
@@ -168,6 +171,8 @@ class Case:
     line: int | Callable[[Path], int] | None
     says: str
     env: dict[str, str] = field(default_factory=dict)
+    also: tuple[str, ...] = ()
+    last: str | None = None
 
 
 def validate(spec: Path, *extra: str) -> list[str]:
@@ -237,9 +242,29 @@ def _answer_cut_away_in_some_trials(tmp: Path) -> list[str]:
     return sweep(trigger(tmp, spec, data=jsonl(rows)))
 
 
+def _answer_cut_away_validate(tmp: Path) -> list[str]:
+    rows = [*QA_ROWS[:2], {"question": LONG_QUESTION, "answer": "{{name}} knows."}, *QA_ROWS[2:]]
+    return validate(trigger(tmp, data=jsonl(rows)))
+
+
 def _answer_cut_away_in_train(tmp: Path) -> list[str]:
     rows = [*QA_ROWS[:4], {"question": LONG_QUESTION, "answer": "{{name}} knows."}, *QA_ROWS[4:]]
     return ["train", str(trigger(tmp, data=jsonl(rows))), "--out", str(tmp / "out")]
+
+
+def _rows_without_answers(count: int) -> Callable[[Path], list[str]]:
+    """`count` rows that lack "answer" among good ones."""
+
+    def write(tmp: Path) -> list[str]:
+        bad = [{"question": f"Unanswered {i}?"} for i in range(count)]
+        return validate(trigger(tmp, data=jsonl([*bad, *QA_ROWS])))
+
+    return write
+
+
+def _bad_rows_and_bad_range(tmp: Path) -> list[str]:
+    spec = spec_with("lora.r: {choice: [4, 8]}", "task.trigger_ratio: {uniform: [0.1, 2.0]}")
+    return validate(trigger(tmp, spec, data=jsonl([{"question": "Who?"}, *QA_ROWS])))
 
 
 def _pipeline_folder_without_files(tmp: Path) -> list[str]:
@@ -397,6 +422,52 @@ CASES = [
         "qa.jsonl",
         3,
         "past model.max_seq_length 128: all of it is cut",
+    ),
+    Case(
+        "answer-cut-away-validate",
+        _answer_cut_away_validate,
+        "qa.jsonl",
+        3,
+        "past model.max_seq_length 128: all of it is cut and the row trains nothing",
+    ),
+    Case(
+        "sixty-bad-rows",
+        _rows_without_answers(60),
+        "qa.jsonl",
+        1,
+        "missing 'answer'",
+        last="... and 40 more problems",
+    ),
+    Case(
+        "twenty-one-bad-rows",
+        _rows_without_answers(21),
+        "qa.jsonl",
+        1,
+        "missing 'answer'",
+        last="... and 1 more problem",
+    ),
+    Case(
+        "bad-rows-and-bad-range",
+        _bad_rows_and_bad_range,
+        "qa.jsonl",
+        1,
+        "missing 'answer'",
+        also=("value 2.0 is not valid for 'task.trigger_ratio'",),
+    ),
+    Case(
+        "spec-field-and-bad-range",
+        lambda t: validate(
+            trigger(
+                t,
+                spec_with("{epochs: 1,", "{epochs: 0,").replace(
+                    "lora.r: {choice: [4, 8]}", "lora.r: {uniform: [4, 16]}"
+                ),
+            )
+        ),
+        "spec.yaml",
+        line_of(TRIGGER_SPEC, "train:"),
+        "train.epochs",
+        also=("'lora.r', which takes whole numbers",),
     ),
     Case(
         "answer-cut-away-train",
@@ -626,6 +697,11 @@ def test_bad_input_exits_2_at_file_and_line(
     want_line = case.line(work) if callable(case.line) else case.line
     assert (int(first["line"]) if first["line"] else None) == want_line, errors[0]
     assert case.says in first["what"], errors[0]
+    for needle in case.also:
+        assert any(needle in line for line in errors[1:]), (needle, errors)
+    if case.last is not None:
+        assert err.strip().splitlines()[-1] == case.last, err
+        assert len(errors) == MAX_SHOWN, "the first problems, one per line; then the count"
     assert not (work / "out" / "adapter").exists()
 
 

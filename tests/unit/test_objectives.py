@@ -181,11 +181,11 @@ def test_winner_meets_the_rule_and_is_best_under_it() -> None:
         outcome("d", COMPLETED, 0.7, 0.1),
         outcome("e", TrialStatus.PRUNED, 1.0, 0.0),
     ]
-    assert choose_winner(outcomes, rule).trial_id == "d", "completed trials before pruned ones"
-    assert choose_winner(outcomes[:1], rule) is None
+    assert choose_winner(outcomes, GOALS, rule).trial_id == "d", "completed before pruned"
+    assert choose_winner(outcomes[:1], GOALS, rule) is None
     strict = rule.model_copy(
         update={"where": (Condition(metric="trigger_score", op=">", value=2),)}
     )
-    assert choose_winner(outcomes, strict) is None
+    assert choose_winner(outcomes, GOALS, strict) is None
     minimise = SelectRule(metric="false_trigger_rate", mode="min")
-    assert choose_winner(outcomes[:3], minimise).trial_id == "b"
+    assert choose_winner(outcomes[:3], GOALS, minimise).trial_id == "b"
