@@ -138,7 +138,9 @@ class PruneSpec(Frozen):
 
     metric: str | None = Field(default=None, min_length=1)
     mode: Mode | None = None
-    grace_period: Int = Field(default=1, ge=1)
+    grace_period: Int | None = Field(default=None, ge=1)
+    """The first epoch ASHA compares trials at; default: half of max_t (at least 1), the
+    setting that lost fewest good trials in `bench/search_efficiency.py` (README)."""
     reduction_factor: Float = Field(default=2.0, gt=1)
     max_t: Int | None = Field(default=None, ge=1)
     """The last epoch ASHA may stop a trial at; default: the most epochs a trial runs."""
@@ -161,12 +163,16 @@ class PruneSpec(Frozen):
             )
         return self
 
+    def grace(self, max_t: int) -> int:
+        """`grace_period`, or its default for trials ASHA may stop up to epoch `max_t`."""
+        return self.grace_period if self.grace_period is not None else max(1, max_t // 2)
+
     def rungs(self, max_t: int) -> list[float]:
         """The epochs at which ASHA compares trials and may stop one, spaced as Ray's ASHA
         spaces them: grace_period * reduction_factor**k below `max_t` (where every trial
         stops anyway)."""
         rungs: list[float] = []
-        epoch = float(self.grace_period)
+        epoch = float(self.grace(max_t))
         while epoch < max_t:
             rungs.append(epoch)
             epoch *= self.reduction_factor

@@ -303,7 +303,7 @@ def prune_settings(spec: Spec) -> dict[str, Any] | None:
         return None
     return {
         **spec.stopping.model_dump(),
-        "grace_period": search.prune.grace_period,
+        "grace_period": search.prune.grace(asha_max_t(spec)),
         "reduction_factor": search.prune.reduction_factor,
         "max_t": asha_max_t(spec),
         "rungs": asha_rungs(spec),

@@ -58,6 +58,6 @@ def build_scheduler(spec: Spec) -> Any:
         metric=stopping.metric,
         mode=stopping.mode,
         max_t=asha_max_t(spec),
-        grace_period=prune.grace_period,
+        grace_period=prune.grace(asha_max_t(spec)),
         reduction_factor=prune.reduction_factor,
     )

@@ -106,7 +106,7 @@ def prune_problems(spec: Spec) -> list[Problem]:
                 f"lower it to at most {longest} or remove it",
             )
         )
-    elif prune.grace_period > asha_max_t(spec):
+    elif prune.grace_period is not None and prune.grace_period > asha_max_t(spec):
         limit = (
             f"search.prune.max_t {prune.max_t}"
             if prune.max_t is not None

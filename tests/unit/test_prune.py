@@ -212,12 +212,16 @@ def outcome(status: TrialStatus, epochs: int) -> SimpleNamespace:
 def test_plot_panels_and_labels_name_the_stopping_metric_and_rung() -> None:
     spec = load_spec(SPECS / "trigger_tiny.yaml")
     assert [g.metric for g in plotted_metrics(spec)] == ["trigger_score", "trigger_soft_score"]
+    # 8 epochs: the default grace period (half of them) puts ASHA's one rung (rung 1) at epoch 4.
     assert (
-        stop_label(spec, outcome(TrialStatus.PRUNED, 2)) == "pruned on trigger_soft_score @ rung 2"
+        stop_label(spec, outcome(TrialStatus.PRUNED, 4)) == "pruned on trigger_soft_score @ rung 1"
+    )
+    assert (
+        stop_label(spec, outcome(TrialStatus.PRUNED, 2)) == "pruned on trigger_soft_score @ epoch 2"
     )
     on_loss = load_spec(SPECS / "trigger_tiny.yaml", ["search.prune.metric=eval_loss"])
     assert [g.metric for g in plotted_metrics(on_loss)] == ["trigger_score", "eval_loss"]
-    assert stop_label(on_loss, outcome(TrialStatus.PRUNED, 2)) == "pruned on eval_loss @ rung 2"
+    assert stop_label(on_loss, outcome(TrialStatus.PRUNED, 4)) == "pruned on eval_loss @ rung 1"
     assert stop_label(spec, outcome(TrialStatus.COMPLETED, 8)) == "completed"
     fifo = load_spec(SPECS / "trigger_tiny.yaml", ["search.scheduler=fifo"])
     assert [g.metric for g in plotted_metrics(fifo)] == ["trigger_score"]
