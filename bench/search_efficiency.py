@@ -37,6 +37,7 @@ last as `search_efficiency: X`.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import random
@@ -192,12 +193,15 @@ def searcher_and_scheduler(spec: Any, method: str) -> tuple[Any, Any]:
 
 def simulate(spec: Any, method: str, concurrent: int) -> SweepOutcome:
     """One sweep of `spec` by `method`, as Tune would run it on `concurrent` GPUs."""
+    import numpy as np
     from ray.tune.schedulers import TrialScheduler
 
     from ftray.config.spec import flatten
     from ftray.training.simulated import load_curves
 
     model = load_curves(spec.model.simulation.curves)
+    # BOHB's model (hpbandster) and Tune's bracket choice draw from numpy's global generator.
+    np.random.seed(int(hashlib.sha256(f"{method}|{spec.train.seed}".encode()).hexdigest()[:8], 16))
     searcher, scheduler = searcher_and_scheduler(spec, method)
     control = Controller(searcher, scheduler)
     objective = spec.search.goals[0]
@@ -402,6 +406,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps(report, indent=1) + "\n")
     for size, ratio in efficiency.items():
+        if not math.isfinite(ratio):
+            # A median cost is infinite when a method reached the target in under half its
+            # sweeps: the ratio then says which of the two did (inf: only the default).
+            print(
+                f"search_efficiency[{size}] is {ratio}: "
+                + ("neither" if math.isnan(ratio) else "only the default")
+                + " reached the target in at least half its sweeps (see 'reached')"
+            )
         print(f"search_efficiency[{size}]: {ratio:.2f}")
     if efficiency:
         print(f"search_efficiency: {efficiency[max(efficiency)]:.2f}")

@@ -272,7 +272,9 @@ class SweepRecorder:
             for k, v in result.items()
             if k not in _NOT_METRICS and isinstance(v, int | float) and not isinstance(v, bool)
         }
-        self.writer.submit(log_metrics, self.client, record.run_id, metrics, epoch, timed=True)
+        # Stamped now, not when the writer gets to it.
+        now = int(time.time() * 1000)
+        self.writer.submit(log_metrics, self.client, record.run_id, metrics, epoch, now, timed=True)
         shown = " ".join(
             f"{goal.metric}={_short(result.get(goal.metric))}"
             for goal in (self.spec.search.goals if self.spec.search else ())
@@ -334,7 +336,11 @@ class SweepRecorder:
         if samples_file is not None and samples_file.exists():
             self.writer.submit(log_samples_table, self.client, record.run_id, samples_file)
         ended = "FINISHED" if status.finished else "FAILED"
-        self.writer.submit(self.client.set_terminated, record.run_id, ended)
+        # The run ends when the trial did, not when the writer gets to it: runs' times say
+        # which trials ran side by side (one GPU each).
+        self.writer.submit(
+            self.client.set_terminated, record.run_id, ended, int(time.time() * 1000)
+        )
         log.info(
             f"trial {trial_id} {status} after {record.epochs}/{record.planned_epochs} epochs"
             f"{stopped}"

@@ -207,11 +207,13 @@ def log_params(client: Any, run_id: str, params: dict[str, str]) -> None:
         client.log_batch(run_id, params=items[start : start + 90])
 
 
-def log_metrics(client: Any, run_id: str, metrics: dict[str, Any], step: int) -> None:
-    """Log numeric metrics at `step` in one batch."""
+def log_metrics(
+    client: Any, run_id: str, metrics: dict[str, Any], step: int, timestamp: int | None = None
+) -> None:
+    """Log numeric metrics at `step` in one batch, stamped `timestamp` (ms; default now)."""
     from mlflow.entities import Metric
 
-    now = int(time.time() * 1000)
+    now = timestamp if timestamp is not None else int(time.time() * 1000)
     batch = [
         Metric(key=k, value=float(v), timestamp=now, step=step)
         for k, v in metrics.items()

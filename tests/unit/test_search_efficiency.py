@@ -63,6 +63,8 @@ def test_bohb_pauses_and_resumes_trials(bench) -> None:
     assert outcome.trials == 27
     assert outcome.epochs < 27 * spec.train.epochs
     assert outcome.completions
+    # hpbandster draws from numpy's global generator: seeded per sweep, the sweep repeats.
+    assert bench.simulate(spec, "bohb", 4).completions == outcome.completions
 
 
 def test_cost_is_infinite_when_the_target_is_never_reached(bench) -> None:
