@@ -24,8 +24,10 @@ from urllib.parse import urlsplit
 
 from ftray.log import get_logger
 
-GCS_CHECK_TIMEOUT_S = 30.0
-"""How long Ray's health check of the head may take before the sweep gives up (exit 1)."""
+GCS_CHECK_TIMEOUT_S = 60.0
+"""How long Ray's health check of the head may take before the sweep gives up (exit 1). The
+check starts a Python that imports Ray: on a loaded 2-core machine (a job's driver beside
+the head and its workers) 30 s was once not enough."""
 PROBE_TIMEOUT_S = 10.0
 """How long one TCP connection to the cluster's address may take."""
 
