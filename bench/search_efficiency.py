@@ -86,9 +86,6 @@ class Controller:
     def get_trials(self) -> list[SimTrial]:
         return self.trials
 
-    def get_live_trials(self) -> list[SimTrial]:
-        return [t for t in self.trials if t.status != TERMINATED]
-
     def stop_trial(self, trial: SimTrial) -> None:
         """As TuneController.stop_trial."""
         searcher = self.search_alg.searcher
