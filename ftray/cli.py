@@ -122,6 +122,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         start_ray_early()
     from mlflow import MlflowClient
 
+    from ftray.sweep.lease import SweepRunning
     from ftray.sweep.pending import PendingTimeout
     from ftray.sweep.resume import NothingToResume, UnfinishedSweep
     from ftray.sweep.runner import SweepInterrupted, run_sweep
@@ -144,6 +145,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return EXIT_OK
     except UnfinishedSweep as exc:
         return _unfinished(args, spec, exc.parent)
+    except SweepRunning as exc:
+        print(f"error: {args.spec}: {exc.describe()}", file=sys.stderr)
+        return EXIT_INPUT
     except SweepInterrupted as exc:
         print(
             f"error: sweep interrupted; Ray Tune saved its state at {exc}. "
@@ -200,6 +204,7 @@ def _sweep_each_step(args: argparse.Namespace, spec: Spec, sweeps: list[StepSwee
     from mlflow import MlflowClient
 
     from ftray.sweep.each_step import run_each_step
+    from ftray.sweep.lease import SweepRunning
     from ftray.sweep.pending import PendingTimeout
     from ftray.sweep.resume import NothingToResume, UnfinishedSweep
     from ftray.sweep.runner import SweepInterrupted
@@ -211,6 +216,9 @@ def _sweep_each_step(args: argparse.Namespace, spec: Spec, sweeps: list[StepSwee
         outcome = run_each_step(spec, sweeps, resume=args.resume, force=args.force, new=args.new)
     except UnfinishedSweep as exc:
         return _unfinished(args, spec, exc.parent)
+    except SweepRunning as exc:
+        print(f"error: {args.spec}: {exc.describe()}", file=sys.stderr)
+        return EXIT_INPUT
     except NothingToResume:
         print(f"the last each-step run of '{spec.name}' already finished; nothing to resume")
         print(render_leaderboard(MlflowClient(tracking_uri(spec)), spec))
@@ -295,10 +303,19 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_RUNTIME
-    drift = search_drift(latest_sweep_run(client, spec), spec)
+    from ftray.sweep.lease import live_lease
+
+    latest = latest_sweep_run(client, spec)
+    drift = search_drift(latest, spec)
     if drift:
         get_logger().warning(drift)
     print(board)
+    lease = live_lease(latest)
+    if lease is not None:
+        print(
+            f"running: its driver ({lease.holder()}) sent a heartbeat {lease.age():.0f} s ago; "
+            "these are its trials so far"
+        )
     return EXIT_OK
 
 

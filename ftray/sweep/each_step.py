@@ -14,6 +14,7 @@ from ftray.config.spec import Spec
 from ftray.errors import InputError
 from ftray.log import get_logger
 from ftray.redaction import mask_url_passwords
+from ftray.sweep.lease import Lease, refuse_live
 from ftray.sweep.resume import NothingToResume, refuse_unfinished
 from ftray.sweep.runner import (
     StepOf,
@@ -51,13 +52,21 @@ class EachStepResult:
         return [step for step, r in self.results.items() if r is not None and r.all_failed]
 
 
-def open_each_step_run(spec: Spec, client: Any, steps: list[str]) -> Any:
-    """The parent run of a new each-step run in the spec's experiment."""
+def open_each_step_run(
+    spec: Spec, client: Any, steps: list[str], extra_tags: dict[str, str] | None = None
+) -> Any:
+    """The parent run of a new each-step run in the spec's experiment (`extra_tags`, the
+    driver's lease, set as it is created)."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run = client.create_run(
         sweep_experiment(spec, client),
         run_name=f"each-step-{stamp}",
-        tags={ROLE: EACH_STEP_ROLE, SPEC_SHA256: spec.source.sha256, STEPS: json.dumps(steps)},
+        tags={
+            ROLE: EACH_STEP_ROLE,
+            SPEC_SHA256: spec.source.sha256,
+            STEPS: json.dumps(steps),
+            **(extra_tags or {}),
+        },
     )
     client.log_text(run.info.run_id, spec_document(spec), "spec.yaml")
     return run
@@ -67,6 +76,7 @@ def each_step_run_to_resume(spec: Spec, client: Any, uri: str, steps: list[str])
     """The spec's last run when it is an unfinished each-step run over the same steps;
     InputError (or NothingToResume) otherwise."""
     run = latest_sweep_run(client, spec)
+    refuse_live(run)
     where = f"'{spec.name}' at {mask_url_passwords(uri)}"
     if run is None:
         raise InputError.at(
@@ -122,7 +132,8 @@ def run_each_step(
     """Sweep each step in turn under one parent run (or continue the last each-step run:
     finished steps are kept, the others resumed or started); the parent run is closed
     whatever happens. As for one sweep, a new each-step run while the spec's last sweep has
-    not finished needs `new` (UnfinishedSweep otherwise)."""
+    not finished needs `new` (UnfinishedSweep otherwise), and none starts or resumes beside a
+    live one (SweepRunning); the each-step run holds the lease of all its steps' sweeps."""
     from mlflow import MlflowClient
 
     uri = tracking_uri(spec)
@@ -130,10 +141,16 @@ def run_each_step(
     steps = [sweep.step for sweep in sweeps]
     if resume:
         run = each_step_run_to_resume(spec, client, uri, steps)
+        lease = Lease.take_over(client, run).start()
         client.update_run(run.info.run_id, status="RUNNING")
     else:
-        refuse_unfinished(latest_sweep_run(client, spec), new)
-        run = open_each_step_run(spec, client, steps)
+        last = latest_sweep_run(client, spec)
+        if not new:
+            refuse_live(last)
+        refuse_unfinished(last, new)
+        lease, lease_tags = Lease.for_new_run(uri)
+        run = open_each_step_run(spec, client, steps, lease_tags)
+        lease.start(run.info.run_id)
     run_id = run.info.run_id
     log.info(
         f"{spec.name}: one sweep per step, one after another: {', '.join(steps)} "
@@ -163,4 +180,6 @@ def run_each_step(
         status = "KILLED"
         raise
     finally:
-        client.set_terminated(run_id, status)
+        if lease.lost is None:  # else the run is another driver's now
+            client.set_terminated(run_id, status)
+        lease.release(client)

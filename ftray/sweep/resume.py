@@ -17,6 +17,7 @@ from ftray.config.spec import Spec
 from ftray.errors import InputError, Problem
 from ftray.log import get_logger
 from ftray.redaction import mask_url_passwords
+from ftray.sweep.lease import refuse_live
 from ftray.tasks import Task
 from ftray.tracking.store import latest_sweep_run, spec_document, step_sweep_run
 from ftray.tracking.tags import DATASET_SHA256, EACH_STEP_ROLE, ROLE
@@ -188,7 +189,8 @@ def sweep_to_continue(
     `step_of` (a `StepOf`) is one step's sweep of an each-step run: it continues that step's
     sweep in that run (the each-step run decided whether to resume). NothingToResume when the
     last sweep finished; UnfinishedSweep when a new sweep is asked for (without `--new`)
-    while the last one has not finished."""
+    while the last one has not finished; SweepRunning when the last sweep's driver holds its
+    lease (a resume, or a new sweep without `--new`)."""
     if step_of is not None:
         if not resume:
             return None
@@ -201,6 +203,8 @@ def sweep_to_continue(
             )
     else:
         last = latest_sweep_run(client, spec)
+        if not new or resume:
+            refuse_live(last)
         if not resume:
             refuse_unfinished(last, new)
             return None

@@ -16,6 +16,7 @@ from ftray.config.spec import Spec
 from ftray.errors import InputError
 from ftray.log import get_logger, library_prints_to_debug, quiet_library_logs
 from ftray.sweep.callback import RecordTrials
+from ftray.sweep.lease import Lease
 from ftray.sweep.objectives import TrialOutcome, choose_winner, pareto_front, ranked
 from ftray.sweep.pending import PendingTimeout, PendingWatch, trial_resources, warn_if_unavailable
 from ftray.sweep.ray_session import init_ray, release_ray_in_background, set_tune_environment
@@ -418,9 +419,11 @@ def open_parent_run(
     store: TrackingStore,
     storage_root: str,
     step_of: StepOf | None = None,
+    extra_tags: dict[str, str] | None = None,
 ) -> tuple[str, Any]:
     """(experiment id, the new parent run) of a new sweep keeping Tune's state under
-    `storage_root`; a step's sweep is a child of its each-step run."""
+    `storage_root`; a step's sweep is a child of its each-step run. `extra_tags` (the
+    driver's lease) are set as the run is created."""
     experiment_id = sweep_experiment(spec, client, store)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     tags = {ROLE: "sweep", SPEC_SHA256: spec.source.sha256}
@@ -438,6 +441,7 @@ def open_parent_run(
             DATASET_SHA256: task.dataset_sha256,
             TUNE_EXPERIMENT: f"{storage_root}/{experiment_name}",
             OPTUNA_STUDY: experiment_name,
+            **(extra_tags or {}),
         },
     )
     client.log_text(parent.info.run_id, spec_document(spec), SPEC_ARTIFACT)
@@ -482,28 +486,43 @@ def run_sweep(
     client = MlflowClient(uri)
     # Which sweep this is, and whether --resume may continue it: bad input before Ray starts.
     resumed = sweep_to_continue(spec, task, client, uri, resume, new, step_of)
+    lease: Lease | None = None  # a step's sweep runs under its each-step run's lease
+    lease_tags: dict[str, str] = {}
     if resumed is not None:
         spec = with_recorded_stopping(spec, resumed)
+        if step_of is None:
+            lease = Lease.take_over(client, resumed).start()
+    elif step_of is None:
+        lease, lease_tags = Lease.for_new_run(uri)
 
-    mark = time.monotonic()
-    init_ray()
-    quiet_library_logs()  # again: joining a cluster lets Ray configure its loggers
-    phases["ray_start"] = time.monotonic() - mark
-    mark = time.monotonic()
-    warned = bool(os.environ.get("RAY_ADDRESS")) and warn_if_unavailable(spec)
-    if resumed is not None:
-        parent = resumed
-        experiment_id = parent.info.experiment_id
-        storage_root = parent.data.tags[TUNE_EXPERIMENT].rsplit("/", 1)[0]
-        warn_of_folders_ray_deletes(store, storage_root)
-        guard = guard_shared_storage(spec, storage_root)
-        client.update_run(parent.info.run_id, status="RUNNING")
-    else:
-        storage_root = tune_storage_path(spec).rstrip("/")
-        warn_of_folders_ray_deletes(store, storage_root)
-        guard = guard_shared_storage(spec, storage_root)
-        experiment_id, parent = open_parent_run(spec, task, client, store, storage_root, step_of)
+    try:  # a lease taken over for a resume is let go when the sweep cannot start
+        mark = time.monotonic()
+        init_ray()
+        quiet_library_logs()  # again: joining a cluster lets Ray configure its loggers
+        phases["ray_start"] = time.monotonic() - mark
+        mark = time.monotonic()
+        warned = bool(os.environ.get("RAY_ADDRESS")) and warn_if_unavailable(spec)
+        if resumed is not None:
+            parent = resumed
+            experiment_id = parent.info.experiment_id
+            storage_root = parent.data.tags[TUNE_EXPERIMENT].rsplit("/", 1)[0]
+            warn_of_folders_ray_deletes(store, storage_root)
+            guard = guard_shared_storage(spec, storage_root)
+            client.update_run(parent.info.run_id, status="RUNNING")
+        else:
+            storage_root = tune_storage_path(spec).rstrip("/")
+            warn_of_folders_ray_deletes(store, storage_root)
+            guard = guard_shared_storage(spec, storage_root)
+            experiment_id, parent = open_parent_run(
+                spec, task, client, store, storage_root, step_of, lease_tags
+            )
+    except BaseException:
+        if lease is not None and resumed is not None:
+            lease.release(client)
+        raise
     parent_id = parent.info.run_id
+    if lease is not None and resumed is None:
+        lease.start(parent_id)
     experiment_path = parent.data.tags[TUNE_EXPERIMENT]
     recorder = SweepRecorder(uri, experiment_id, parent_id, spec)
     status = "FAILED"
@@ -615,4 +634,7 @@ def run_sweep(
             guard.close()
         recorder.close_open_runs("KILLED" if status != "FAILED" else "FAILED")
         recorder.release()
-        client.set_terminated(parent_id, status)
+        if lease is None or lease.lost is None:  # else the sweep is another driver's now
+            client.set_terminated(parent_id, status)
+        if lease is not None:
+            lease.release(client)

@@ -11,6 +11,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,9 +34,14 @@ from tests.e2e.ray_helpers import (
 
 pytestmark = pytest.mark.slow
 
+LEASE_SECONDS = 45.0
+"""The killed driver's lease: long enough for the first `--resume` to meet it live."""
+
 
 def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
-    env = {**os.environ, **sweep_env(tmp_path)}
+    """SIGKILL leaves the sweep's lease behind: `--resume` is refused until it lapses (its
+    length is what the driver recorded), then takes the sweep over."""
+    env = {**os.environ, **sweep_env(tmp_path), "FTRAY_LEASE_SECONDS": str(LEASE_SECONDS)}
     uri = env["MLFLOW_TRACKING_URI"]
     args = ["sweep", str(SPECS / "trigger_tiny.yaml"), "--set", "search.num_trials=5", *SWEEP_ARGS]
     log = (tmp_path / "first.log").open("w")
@@ -63,8 +69,15 @@ def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
         )
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait(30)
+        early = run_cli(*args, "--resume", cwd=tmp_path, env=sweep_env(tmp_path))
     finally:
         kill_local_ray_of(driver)
+    assert early.returncode == 2, early.stderr[-4000:]
+    assert f"pid {driver.pid}, last heartbeat" in early.stderr, early.stderr[-4000:]
+    [parent] = [r for r in all_runs(uri) if r.data.tags.get("ftray.role") == "sweep"]
+    lease = json.loads(parent.data.tags["ftray.lease"])
+    assert lease["pid"] == driver.pid and lease["seconds"] == LEASE_SECONDS
+    time.sleep(max(0.0, lease["heartbeat"] + LEASE_SECONDS + 1 - time.time()))
     finished_before = {
         r.data.tags["ftray.trial_id"]: r.info.end_time
         for r in trial_runs(uri)
@@ -77,6 +90,7 @@ def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
     resumed = run_cli(*args, "--resume", cwd=tmp_path, env=sweep_env(tmp_path))
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert "orphaned run(s) marked KILLED" in resumed.stderr
+    assert "sent no heartbeat for" in resumed.stderr and "taking it over" in resumed.stderr
     runs = assert_sweep_finished_once(uri, 5)
     for run in runs:
         trial_id = run.data.tags["ftray.trial_id"]
