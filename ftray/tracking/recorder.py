@@ -135,6 +135,16 @@ class TrialRecord:
     retries: int = 0
     node_losses: int = 0
     """Retries after the trial's worker became unreachable (its node went away)."""
+    history: dict[int, dict[str, float]] = field(default_factory=dict)
+    """epoch -> the metrics this driver logged for it (a retried epoch: its last report)."""
+
+    def metric_history(self, metric: str) -> list[tuple[int, float]] | None:
+        """[(epoch, value), ...] of `metric` as this driver logged it, or None when this
+        driver did not see the trial from its first epoch (a resumed sweep's earlier epochs
+        were logged by another driver: MLflow has them)."""
+        if not self.history or set(self.history) != set(range(1, max(self.history) + 1)):
+            return None
+        return [(e, m[metric]) for e, m in sorted(self.history.items()) if metric in m]
 
     @property
     def epochs(self) -> int:
@@ -272,6 +282,7 @@ class SweepRecorder:
             for k, v in result.items()
             if k not in _NOT_METRICS and isinstance(v, int | float) and not isinstance(v, bool)
         }
+        record.history[epoch] = metrics
         # Stamped now, not when the writer gets to it.
         now = int(time.time() * 1000)
         self.writer.submit(log_metrics, self.client, record.run_id, metrics, epoch, now, timed=True)

@@ -75,3 +75,33 @@ def test_a_few_trials_are_all_drawn_and_labelled() -> None:
     figure = objective_per_epoch(spec, outcomes, histories)
     assert len(legend_texts(figure)) == 6
     assert "best in colour" not in figure.axes[0].get_title()
+
+
+def test_histories_come_from_what_the_driver_logged_else_from_mlflow() -> None:
+    """A trial this driver saw from its first epoch costs no request to the store; one a
+    resumed sweep saw only from a later epoch is read back from MLflow."""
+    from types import SimpleNamespace
+
+    from ftray.sweep.runner import metric_histories
+    from ftray.tracking.recorder import TrialRecord
+
+    whole = TrialRecord("run-whole", 3)
+    for epoch in (1, 2, 3, 2):  # epoch 2 retried from a checkpoint: its last report counts
+        whole.history[epoch] = {"trigger_score": epoch / 10 + (0.5 if epoch == 2 else 0)}
+    late = TrialRecord("run-late", 3)
+    late.history[3] = {"trigger_score": 0.9}
+    asked: list[tuple[str, str]] = []
+
+    class Store:
+        def get_metric_history(self, run_id: str, metric: str) -> list:
+            asked.append((run_id, metric))
+            return [SimpleNamespace(step=s, value=s / 10) for s in (3, 1, 2)]
+
+    outcomes, _ = trials(2)
+    outcomes[0].trial_id, outcomes[0].run_id = "whole", "run-whole"
+    outcomes[1].trial_id, outcomes[1].run_id = "late", "run-late"
+    recorder = SimpleNamespace(records={"whole": whole, "late": late})
+    histories = metric_histories(Store(), outcomes, ["trigger_score"], recorder)
+    assert histories["whole"]["trigger_score"] == [(1, 0.1), (2, 0.7), (3, 0.3)]
+    assert histories["late"]["trigger_score"] == [(1, 0.1), (2, 0.2), (3, 0.3)]
+    assert asked == [("run-late", "trigger_score")]
