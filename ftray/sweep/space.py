@@ -41,13 +41,15 @@ def search_problems(spec: Spec, task: Task | None) -> list[Problem]:
     for loc, metric in spec.search.reported_metrics():
         if task is not None and metric not in metrics:
             what = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in loc[1:])[1:]
-            problems.append(
-                source.problem(
-                    loc,
-                    f"{what} '{metric}' is not a metric of task '{spec.task.kind}'; "
-                    f"use one of {', '.join(metrics)}",
-                )
+            why = task.unreported_reason(metric)
+            message = (
+                f"{what} '{metric}' is not reported on this data: {why}; task "
+                f"'{spec.task.kind}' reports {', '.join(metrics)} on it"
+                if why
+                else f"{what} '{metric}' is not a metric of task '{spec.task.kind}'; "
+                f"use one of {', '.join(metrics)}"
             )
+            problems.append(source.problem(loc, message))
     problems += prune_problems(spec)
     tree = spec.model_dump(by_alias=True)
     for dotted, distribution in spec.search.space.items():

@@ -152,3 +152,8 @@ class Task(ABC):
         """Every metric a trial of this task reports: the losses, what `score` reports, then
         the smooth metrics."""
         return [*LOSS_METRICS, *self.score([], [])[0], *self.config_class.smooth_metrics.values()]
+
+    def unreported_reason(self, metric: str) -> str | None:
+        """Why a metric of this task is not reported on this data (None: it is, or it is no
+        metric of the task at all)."""
+        return None

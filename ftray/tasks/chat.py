@@ -1,8 +1,9 @@
 """The chat task: multi-turn conversations with tool calls and `<think>` reasoning, trained
 on assistant turns only and scored by what the model calls and answers.
 
-Data is JSONL of ``{"messages": [...], "tools"?: [...]}``; `task.tools` names the tools every
-conversation may call. Conversations are split by conversation (never by turn) into train,
+Data is JSONL of ``{"messages": [...], "tools"?: [...]}`` (OpenAI's form), ShareGPT's
+``{"conversations": [...]}`` or one-turn rows (`chat_forms`); `task.tools` names the tools
+every conversation may call. Conversations are split by conversation (never by turn) into train,
 validation (scores trials) and test (scores only the registered version).
 """
 
@@ -12,6 +13,7 @@ import hashlib
 import json
 import random
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -22,11 +24,15 @@ from pydantic_core import PydanticCustomError
 
 from ftray.config.fields import Float, Int, resolve_path
 from ftray.config.files import path_problem, read_text
+from ftray.config.search import LOSS_METRICS
 from ftray.config.spec import Spec
 from ftray.config.task import TaskConfig
 from ftray.errors import InputError, Problem
+from ftray.log import get_logger
 from ftray.tasks.base import EvalCase, Row, Task, render_chat
-from ftray.tasks.jsonl import read_jsonl, require_data, sha256_of
+from ftray.tasks.chat_forms import FormProblem, as_messages_row, parse_arguments
+from ftray.tasks.data_files import read_rows
+from ftray.tasks.jsonl import require_data, sha256_of
 from ftray.tasks.schemas import check_json_schema, schema_violation
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -43,6 +49,7 @@ SCORES = (
 )
 SPLITS = ("train", "validation", "test")
 CALL, ANSWER = "call", "answer"
+log = get_logger()
 
 
 class ChatConfig(TaskConfig):
@@ -270,7 +277,8 @@ def score_turn(
 
     - tool_call_valid: where the reference calls a tool or the response tries to: every call
       parses, names a known tool, and its arguments validate against that tool's schema.
-    - tool_name_accuracy: the called tool names equal the reference's (none for none).
+    - tool_name_accuracy: where the conversation offers tools (or either side calls one):
+      the called tool names equal the reference's (none for none).
     - arguments_exact: where the reference calls: the same calls with equal arguments.
     - answer_exact: where the reference answers: no call, and the text after any `<think>`
       block equals the reference's (whitespace runs count as one space).
@@ -288,9 +296,10 @@ def score_turn(
                 for c in parsed.calls
             )
         )
-    scores["tool_name_accuracy"] = float(
-        sorted(str(n) for n, _ in got) == sorted(n for n, _ in wanted)
-    )
+    if wanted or parsed.attempted_call or validators:
+        scores["tool_name_accuracy"] = float(
+            sorted(str(n) for n, _ in got) == sorted(n for n, _ in wanted)
+        )
     if wanted:
         scores["arguments_exact"] = float(
             sorted(map(_canonical, got)) == sorted(map(_canonical, wanted))
@@ -303,6 +312,33 @@ def score_turn(
     if has_think:
         scores["think_format"] = float(parsed.think_well_formed)
     return scores
+
+
+APPLIES = {
+    "tool_call_valid": "no held-out turn calls a tool",
+    "arguments_exact": "no held-out turn calls a tool",
+    "tool_name_accuracy": "no held-out conversation offers a tool",
+    "answer_exact": "every held-out turn is a tool call",
+    "think_format": "no held-out turn opens with <think>",
+}
+"""Why a score is not reported on a data set, when no held-out turn is one it applies to."""
+
+
+def applicable_scores(cases: list[EvalCase]) -> list[str]:
+    """The scores of SCORES some held-out turn applies to (as `score_turn` decides, from the
+    reference alone)."""
+    found: set[str] = set()
+    for case in cases:
+        calls = bool(reference_calls(case.expected))
+        if calls:
+            found |= {"tool_call_valid", "arguments_exact", "tool_name_accuracy"}
+        else:
+            found.add("answer_exact")
+        if case.extra.get("tools"):
+            found.add("tool_name_accuracy")
+        if split_think(case.expected.get("content") or "")[0]:
+            found.add("think_format")
+    return [name for name in SCORES if name in found]
 
 
 def chat_metrics(per_turn: list[dict[str, float]]) -> dict[str, float]:
@@ -331,6 +367,8 @@ class Conversation:
     key: str
     messages: tuple[dict[str, Any], ...]
     tools: tuple[dict[str, Any], ...]
+    split: str | None = None
+    """The split the data put it in (a `datasets` folder's), or None."""
 
     def row(self) -> Row:
         """The conversation as a training row."""
@@ -355,9 +393,16 @@ def _template_call(call: Any, where: str, validators: dict[str, Any]) -> dict[st
     name, arguments = call.get("name"), call.get("arguments")
     if not isinstance(name, str) or not name:
         raise _RowProblem(f'{where}: a tool call needs a "name" string')
+    try:
+        arguments = parse_arguments(arguments)
+    except FormProblem as exc:
+        raise _RowProblem(f"{where}: the arguments of '{name}': {exc}") from None
     if not isinstance(arguments, dict):
         got = "missing" if arguments is None else type(arguments).__name__
-        raise _RowProblem(f"{where}: the arguments of '{name}' must be a JSON object, got {got}")
+        raise _RowProblem(
+            f"{where}: the arguments of '{name}' must be a JSON object (or a JSON string of "
+            f"one), got {got}"
+        )
     if name not in validators:
         known = ", ".join(sorted(validators)) or "none"
         raise _RowProblem(
@@ -529,20 +574,29 @@ def encode_conversation(
 # --- the task --------------------------------------------------------------------------
 
 
-def split_conversations(keys: list[str], config: ChatConfig, seed: int) -> dict[str, list[str]]:
+def split_conversations(
+    keys: list[str], config: ChatConfig, seed: int, given: list[str | None] | None = None
+) -> dict[str, list[str]]:
     """Conversation keys per split: shuffled by `seed`, then validation, test, train shares.
-    Equal conversations share a key, so they land in the same split."""
-    unique = list(dict.fromkeys(keys))
+    Equal conversations share a key, so they land in the same split (the first one's).
+
+    `given` (per key: the split the data put it in, or None) keeps the data's validation and
+    test splits; a split the data does not give is taken from the rest by its fraction."""
+    fixed: dict[str, str] = {}
+    for key, split in zip(keys, given or [None] * len(keys), strict=True):
+        if split is not None and split != "train":
+            fixed.setdefault(key, split)
+    unique = [k for k in dict.fromkeys(keys) if k not in fixed]
     random.Random(seed).shuffle(unique)
-    n_val = max(1, round(config.eval_fraction * len(unique)))
-    n_test = round(config.test_fraction * len(unique))
-    if config.test_fraction > 0:
+    out = {name: [k for k, s in fixed.items() if s == name] for name in ("validation", "test")}
+    n_val = 0 if out["validation"] else max(1, round(config.eval_fraction * len(unique)))
+    n_test = 0 if out["test"] else round(config.test_fraction * len(unique))
+    if config.test_fraction > 0 and not out["test"]:
         n_test = max(1, n_test)
-    return {
-        "validation": unique[:n_val],
-        "test": unique[n_val : n_val + n_test],
-        "train": unique[n_val + n_test :],
-    }
+    out["validation"] += unique[:n_val]
+    out["test"] += unique[n_val : n_val + n_test]
+    out["train"] = unique[n_val + n_test :]
+    return out
 
 
 class ChatTask(Task):
@@ -564,7 +618,8 @@ class ChatTask(Task):
         self.conversations = conversations
         self.source = source
         self.seed = seed
-        self.assign(split_conversations([c.key for c in conversations], config, seed))
+        keys, given = [c.key for c in conversations], [c.split for c in conversations]
+        self.assign(split_conversations(keys, config, seed, given))
         longest = max(
             len(m["content"]) + len(json.dumps(m.get("tool_calls", []), ensure_ascii=False))
             for c in conversations
@@ -616,20 +671,26 @@ class ChatTask(Task):
                     [spec.source.problem(("task", "tools"), f"task.tools {tools_path} {reason}")]
                 )
             default_tools = load_tools_file(tools_path)
-        path = require_data(spec)
+        path = require_data(spec, folder_ok=True)
+        data = read_rows(path)
         conversations: list[Conversation] = []
         problems: list[Problem] = []
-        for number, row in read_jsonl(path):
+        ignored: Counter[str] = Counter()
+        for (number, row), split, where in zip(data.rows, data.splits, data.where, strict=True):
             try:
-                messages, tools = parse_conversation(row, default_tools)
-            except _RowProblem as exc:
-                problems.append(Problem(str(path), number, str(exc)))
+                converted, unused = as_messages_row(row)
+                messages, tools = parse_conversation(converted, default_tools)
+            except (_RowProblem, FormProblem) as exc:
+                problems.append(Problem(where, number, str(exc)))
                 continue
-            conversations.append(
-                Conversation(number, conversation_key(row), tuple(messages), tuple(tools))
-            )
+            ignored.update(unused)
+            key = conversation_key(converted)
+            conversations.append(Conversation(number, key, tuple(messages), tuple(tools), split))
         if problems:
             raise InputError(problems)
+        if ignored:
+            fields = ", ".join(f"'{k}' ({n} row{'s' * (n > 1)})" for k, n in ignored.items())
+            log.info(f"{path}: the chat task does not use the field(s) {fields}; ignored")
         minimum = 3 if config.test_fraction > 0 else 2
         if len({c.key for c in conversations}) < minimum:
             raise InputError.at(
@@ -638,7 +699,7 @@ class ChatTask(Task):
                 f"{len(conversations)} distinct conversation(s); a chat task needs at least "
                 f"{minimum} (train, validation{', test' if minimum == 3 else ''})",
             )
-        files = [path] + ([Path(config.tools)] if config.tools else [])
+        files = data.files + ([Path(config.tools)] if config.tools else [])
         return cls(config, conversations, spec.train.seed, sha256_of(files), str(path))
 
     def corpus(self) -> list[str]:
@@ -703,6 +764,17 @@ class ChatTask(Task):
     def eval_cases(self) -> list[EvalCase]:
         """Every assistant turn of the validation conversations that answers a user or a tool."""
         return self._cases(self.parts["validation"])
+
+    def metric_names(self) -> list[str]:
+        """The metrics trials report on this data: a score no held-out turn applies to (tool
+        metrics on data without tool calls) is absent, not 1.0, and left out of chat_score."""
+        applicable = applicable_scores(self.eval_cases())
+        return [*LOSS_METRICS, *applicable, "chat_score"]
+
+    def unreported_reason(self, metric: str) -> str | None:
+        if metric not in APPLIES or metric in self.metric_names():
+            return None
+        return f"{APPLIES[metric]} in this data's validation split"
 
     def test_cases(self) -> list[EvalCase]:
         """The same turns of the test conversations (scored only for the registered version)."""

@@ -598,6 +598,69 @@ CASES = [
         5,
         "key 'role' appears twice",
     ),
+    Case(
+        "chat-arguments-string-not-json",
+        lambda t: validate(
+            chat(
+                t,
+                data=jsonl([conversation(i) for i in range(4)])
+                + json.dumps(
+                    {
+                        "messages": [
+                            {"role": "user", "content": "Weather in Oslo?"},
+                            {
+                                "role": "assistant",
+                                "content": None,
+                                "tool_calls": [
+                                    {
+                                        "id": "call_1",
+                                        "type": "function",
+                                        "function": {
+                                            "name": "get_weather",
+                                            "arguments": '{"city": "Oslo"',
+                                        },
+                                    }
+                                ],
+                            },
+                        ]
+                    }
+                )
+                + "\n",
+            )
+        ),
+        "conversations.jsonl",
+        5,
+        "the arguments of 'get_weather': the arguments string is not valid JSON",
+    ),
+    Case(
+        "chat-sharegpt-unknown-from",
+        lambda t: validate(
+            chat(
+                t,
+                data=jsonl([conversation(i) for i in range(3)])
+                + jsonl(
+                    [
+                        {
+                            "conversations": [
+                                {"from": "human", "value": "Weather in Oslo?"},
+                                {"from": "bot", "value": "Cold."},
+                            ]
+                        }
+                    ]
+                ),
+            )
+        ),
+        "conversations.jsonl",
+        4,
+        "conversations turn 2: unknown 'from' 'bot'",
+    ),
+    Case(
+        "chat-objective-the-data-cannot-report",
+        lambda t: validate(chat(t), "--set", "search={objective: arguments_exact, mode: max}"),
+        "spec.yaml",
+        None,
+        "'arguments_exact' is not reported on this data: no held-out turn calls a tool",
+    ),
     # --- search spaces ---
     Case(
         "search-empty-choice",

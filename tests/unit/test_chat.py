@@ -251,7 +251,20 @@ GOOD = [weather_chat(c) for c in ("Oslo", "Lima", "Rome", "Cairo", "Perth", "Seo
                     },
                 ]
             },
-            "must be a JSON object, got str",
+            "the arguments of 'get_weather': the arguments string is not valid JSON (Expecting "
+            "value at column 1)",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "x"},
+                    {
+                        "role": "assistant",
+                        "tool_calls": [{"name": "get_weather", "arguments": '["Oslo"]'}],
+                    },
+                ]
+            },
+            "must be a JSON object (or a JSON string of one), got list",
         ),
         (
             {
@@ -297,7 +310,7 @@ GOOD = [weather_chat(c) for c in ("Oslo", "Lima", "Rome", "Cairo", "Perth", "Seo
             },
             "a <think> block must open the turn and be closed once",
         ),
-        ({"conversation": []}, "unexpected 'conversation'"),
+        ({"conversation": []}, "no conversation in this row: a row is OpenAI's"),
     ],
 )
 def test_bad_conversations_exit_2_at_their_line(tmp_path: Path, bad: Any, message: str) -> None:
