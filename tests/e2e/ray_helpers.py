@@ -152,12 +152,14 @@ def stop_nodes(temp: Path) -> None:
 
 
 @contextlib.contextmanager
-def token_head() -> Iterator[dict]:
-    """`ray start --head` on 127.0.0.1 with token authentication, a dashboard (for `ray job`)
-    and a temp folder of its own; only this head is stopped afterwards. Yields its dashboard
-    `address`, the `env` (token included) for `ray` commands, the `token` and the `temp` folder."""
+def token_head(num_cpus: int = 2) -> Iterator[dict]:
+    """`ray start --head` on 127.0.0.1 with token authentication, `num_cpus` CPUs, a dashboard
+    (for `ray job`) and a temp folder of its own; only this head is stopped afterwards. Yields
+    its dashboard `address`, its GCS address `gcs` (what a driver's RAY_ADDRESS names), the
+    `env` (token included) for `ray` commands, the `token` and the `temp` folder."""
     temp = short_ray_temp()
     dashboard = free_port()
+    gcs = f"127.0.0.1:{free_port()}"
     token = secrets.token_hex(16)
     env = {
         **os.environ,
@@ -165,7 +167,13 @@ def token_head() -> Iterator[dict]:
         "RAY_AUTH_TOKEN": token,
         "PATH": f"{VENV_BIN}:{os.environ['PATH']}",
     }
-    head = {"address": f"http://127.0.0.1:{dashboard}", "env": env, "token": token, "temp": temp}
+    head = {
+        "address": f"http://127.0.0.1:{dashboard}",
+        "gcs": gcs,
+        "env": env,
+        "token": token,
+        "temp": temp,
+    }
     try:
         start = subprocess.run(
             [
@@ -173,10 +181,10 @@ def token_head() -> Iterator[dict]:
                 "start",
                 "--head",
                 "--node-ip-address=127.0.0.1",
-                f"--port={free_port()}",
+                f"--port={gcs.rsplit(':', 1)[1]}",
                 "--dashboard-host=127.0.0.1",
                 f"--dashboard-port={dashboard}",
-                "--num-cpus=2",
+                f"--num-cpus={num_cpus}",
                 "--include-dashboard=true",
                 "--disable-usage-stats",
                 f"--temp-dir={temp}",
