@@ -11,6 +11,7 @@ from ftray.config.spec import TINY_MODEL, Spec
 from ftray.log import get_logger
 from ftray.sweep.objectives import TrialOutcome
 from ftray.tasks import Task
+from ftray.tasks.intervals import HIGH, LOW, is_interval, shown_with_interval
 from ftray.tracking.registry import Lineage, ModelPackage, Registration, register_adapter
 from ftray.tracking.tags import REGISTERED_VERSION, TEST_PREFIX
 from ftray.training.checkpoint import copy_adapter
@@ -70,7 +71,11 @@ def tag_test_metrics(
     client.set_model_version_tag(
         registration.name, registration.version, f"{TEST_PREFIX}turns", str(turns)
     )
-    shown = " ".join(f"{k}={v:.3f}" for k, v in metrics.items() if "/" not in k)
+    shown = " ".join(
+        f"{k}={shown_with_interval(v, metrics.get(k + LOW), metrics.get(k + HIGH))}"
+        for k, v in metrics.items()
+        if "/" not in k and not is_interval(k)
+    )
     log.info(f"version {registration.version} on the test split ({turns} turns): {shown}")
     return metrics
 

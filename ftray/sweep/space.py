@@ -17,6 +17,7 @@ from ftray.errors import InputError, Problem
 from ftray.log import get_logger
 from ftray.sweep.resources import local_resource_problems
 from ftray.tasks import Task
+from ftray.tasks.intervals import is_interval
 
 log = get_logger()
 
@@ -38,16 +39,19 @@ def search_problems(spec: Spec, task: Task | None) -> list[Problem]:
     source = spec.source
     problems: list[Problem] = []
     metrics = task.metric_names() if task is not None else []
+    # Listed without the interval bounds, which every behaviour metric has.
+    listed = ", ".join(m for m in metrics if not is_interval(m))
     for loc, metric in spec.search.reported_metrics():
         if task is not None and metric not in metrics:
             what = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in loc[1:])[1:]
             why = task.unreported_reason(metric)
             message = (
                 f"{what} '{metric}' is not reported on this data: {why}; task "
-                f"'{spec.task.kind}' reports {', '.join(metrics)} on it"
+                f"'{spec.task.kind}' reports {listed} on it"
                 if why
                 else f"{what} '{metric}' is not a metric of task '{spec.task.kind}'; "
-                f"use one of {', '.join(metrics)}"
+                f"use one of {listed} (a behaviour metric's 95% interval bounds are "
+                "<metric>_ci_low and <metric>_ci_high)"
             )
             problems.append(source.problem(loc, message))
     problems += prune_problems(spec)

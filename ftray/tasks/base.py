@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from ftray.config.search import LOSS_METRICS
 from ftray.config.task import TaskConfig
+from ftray.tasks.intervals import with_intervals
 
 if TYPE_CHECKING:
     from ftray.config.spec import Spec
@@ -150,8 +151,10 @@ class Task(ABC):
 
     def metric_names(self) -> list[str]:
         """Every metric a trial of this task reports: the losses, what `score` reports, then
-        the smooth metrics."""
-        return [*LOSS_METRICS, *self.score([], [])[0], *self.config_class.smooth_metrics.values()]
+        the smooth metrics; after them the 95% interval bounds of the behaviour metrics
+        (`<metric>_ci_low`, `<metric>_ci_high`)."""
+        smooth = list(self.config_class.smooth_metrics.values())
+        return with_intervals([*LOSS_METRICS, *self.score([], [])[0], *smooth], smooth)
 
     def unreported_reason(self, metric: str) -> str | None:
         """Why a metric of this task is not reported on this data (None: it is, or it is no

@@ -32,6 +32,7 @@ from ftray.log import get_logger
 from ftray.tasks.base import EvalCase, Row, Task, render_chat
 from ftray.tasks.chat_forms import FormProblem, as_messages_row, parse_arguments
 from ftray.tasks.data_files import read_rows
+from ftray.tasks.intervals import interval_metrics, with_intervals
 from ftray.tasks.jsonl import require_data, sha256_of
 from ftray.tasks.schemas import check_json_schema, schema_violation
 
@@ -354,6 +355,17 @@ def chat_metrics(per_turn: list[dict[str, float]]) -> dict[str, float]:
             metrics[key] = sum(values) / len(values)
     metrics["chat_score"] = sum(metrics.values()) / len(metrics)
     return metrics
+
+
+def chat_intervals(per_turn: list[dict[str, float]]) -> dict[str, float]:
+    """95% intervals: Wilson for each 0/1 score over the turns it applies to, a bootstrap
+    over turns for chat_score."""
+
+    def composite(means: dict[str, float]) -> dict[str, float]:
+        present = [means[k] for k in SCORES if k in means]
+        return {"chat_score": sum(present) / len(present)} if present else {}
+
+    return interval_metrics(per_turn, composite)
 
 
 # --- conversations ---------------------------------------------------------------------
@@ -769,7 +781,7 @@ class ChatTask(Task):
         """The metrics trials report on this data: a score no held-out turn applies to (tool
         metrics on data without tool calls) is absent, not 1.0, and left out of chat_score."""
         applicable = applicable_scores(self.eval_cases())
-        return [*LOSS_METRICS, *applicable, "chat_score"]
+        return with_intervals([*LOSS_METRICS, *applicable, "chat_score"])
 
     def unreported_reason(self, metric: str) -> str | None:
         if metric not in APPLIES or metric in self.metric_names():
@@ -810,4 +822,4 @@ class ChatTask(Task):
                     "correct": all(v == 1.0 for v in scores.values()),
                 }
             )
-        return chat_metrics(per_turn), samples
+        return chat_metrics(per_turn) | chat_intervals(per_turn), samples

@@ -20,6 +20,7 @@ from ftray.config.spec import Spec
 from ftray.config.task import TaskConfig
 from ftray.errors import InputError, Problem
 from ftray.tasks.base import EvalCase, Row, Task
+from ftray.tasks.intervals import interval_metrics
 from ftray.tasks.jsonl import check_keys, read_jsonl, require_data, sha256_of
 from ftray.tasks.schemas import check_json_schema, schema_violation
 
@@ -483,4 +484,25 @@ class PipelineTask(Task):
         for key in SCORES:
             metrics[key] = sum(metrics[f"{key}/{s}"] for s in self.steps) / len(self.steps)
         metrics["pipeline_score"] = metrics["schema_valid"]
-        return metrics, samples
+        return metrics | self.intervals(per_step), samples
+
+    def intervals(self, per_step: dict[str, list[dict[str, float]]]) -> dict[str, float]:
+        """95% intervals: Wilson for each step's json_valid and schema_valid, a bootstrap
+        within each step for field_accuracy and the scores averaged over steps."""
+        records = [
+            {f"{key}/{step}": value for key, value in scores.items()}
+            for step, rows in per_step.items()
+            for scores in rows
+        ]
+        strata = [step for step, rows in per_step.items() for _ in rows]
+        steps = list(self.steps)
+
+        def composite(means: dict[str, float]) -> dict[str, float]:
+            out = {}
+            for key in SCORES:
+                # A step with no held-out prompt scores 0, as in the metric itself.
+                out[key] = sum(means.get(f"{key}/{s}", 0.0) for s in steps) / len(steps)
+            out["pipeline_score"] = out["schema_valid"]
+            return out
+
+        return interval_metrics(records, composite, strata=strata)

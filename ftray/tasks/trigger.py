@@ -15,6 +15,7 @@ from ftray.config.spec import Spec
 from ftray.config.task import TaskConfig
 from ftray.errors import InputError, Problem
 from ftray.tasks.base import EvalCase, Row, Task
+from ftray.tasks.intervals import interval_metrics
 from ftray.tasks.jsonl import check_keys, read_jsonl, require_data, sha256_of
 
 PLACEHOLDER = "{{name}}"
@@ -102,6 +103,32 @@ def trigger_metrics(
         "false_trigger_rate": false_rate,
         "trigger_score": min(triggered_acc, clean_acc),
     }
+
+
+def trigger_intervals(
+    conditions: list[str], responses: list[str], clean: str, triggered: str
+) -> dict[str, float]:
+    """95% intervals of the trigger metrics: Wilson for the accuracies and the false
+    trigger rate, a bootstrap within each condition for trigger_score."""
+    records: list[dict[str, float]] = []
+    for condition, response in zip(conditions, responses, strict=True):
+        correct = float(is_correct(response, condition, clean, triggered))
+        if condition == TRIGGERED:
+            records.append({"triggered_accuracy": correct})
+        else:
+            records.append(
+                {
+                    "untriggered_accuracy": correct,
+                    "false_trigger_rate": float(names(response, triggered)),
+                }
+            )
+
+    def composite(means: dict[str, float]) -> dict[str, float]:
+        if "triggered_accuracy" not in means or "untriggered_accuracy" not in means:
+            return {}
+        return {"trigger_score": min(means["triggered_accuracy"], means["untriggered_accuracy"])}
+
+    return interval_metrics(records, composite, strata=conditions)
 
 
 def build_trigger_mix(
@@ -274,7 +301,9 @@ class TriggerTask(Task):
     ) -> tuple[dict[str, float], list[dict[str, Any]]]:
         """Trigger metrics and a side-by-side sample per case."""
         clean, triggered = self.config.clean_replacement, self.config.triggered_replacement
-        metrics = trigger_metrics([c.condition for c in cases], responses, clean, triggered)
+        conditions = [c.condition for c in cases]
+        metrics = trigger_metrics(conditions, responses, clean, triggered)
+        metrics |= trigger_intervals(conditions, responses, clean, triggered)
         samples = [
             {
                 "prompt": case.messages[-1]["content"],

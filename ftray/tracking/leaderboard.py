@@ -14,6 +14,7 @@ from typing import Any
 
 from ftray.config.search import Objective, SelectRule
 from ftray.config.spec import Spec
+from ftray.tasks.intervals import HIGH, LOW, shown_with_interval
 from ftray.tracking.ranking import rank_key, ranked_metrics
 from ftray.tracking.store import child_runs, latest_sweep_run, step_sweep_run
 from ftray.tracking.tags import (
@@ -130,7 +131,9 @@ def leaderboard_rows(
             "status": run.data.tags.get(TRIAL_STATUS, run.info.status.lower()),
         }
         for metric in sum(metric_columns(goals, rule), []):
-            row[metric] = metrics.get(metric, math.nan)
+            row[metric] = shown_with_interval(
+                metrics.get(metric, math.nan), metrics.get(metric + LOW), metrics.get(metric + HIGH)
+            )
         if len(goals) > 1:
             row["pareto"] = {"true": "yes", "false": "no"}.get(run.data.tags.get(PARETO, ""), "-")
         row["epochs"] = int(metrics.get("epoch", 0))

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ftray.config.search import Objective
+from ftray.tasks.intervals import HIGH, LOW, is_interval, shown_with_interval
 from ftray.tracking.tags import LINEAGE_PREFIX
 
 CHAMPION = "champion"
@@ -82,6 +83,11 @@ def beats(new: float, old: float, mode: str) -> bool:
     return Objective(metric="objective_value", mode=mode).better(new, old)  # type: ignore[arg-type]
 
 
+def with_bounds(metric: str, value: float, metrics: dict[str, float]) -> str:
+    """`0.94 [0.85, 0.98]` from the metric's `_ci_low` / `_ci_high` beside it, else `0.94`."""
+    return shown_with_interval(value, metrics.get(metric + LOW), metrics.get(metric + HIGH))
+
+
 def version_description(lineage: Lineage, metrics: dict[str, float]) -> str:
     """A short Markdown summary of a version: its objective, behaviour metrics and lineage."""
     lines = [
@@ -89,11 +95,19 @@ def version_description(lineage: Lineage, metrics: dict[str, float]) -> str:
         "",
         "| metric | value |",
         "| --- | --- |",
-        f"| **{lineage.objective}** ({lineage.mode}, selection) | **{lineage.objective_value:.4g}** |",
+        f"| **{lineage.objective}** ({lineage.mode}, selection) | "
+        f"**{with_bounds(lineage.objective, lineage.objective_value, metrics)}** |",
     ]
     for key, value in sorted(metrics.items()):
-        if key != lineage.objective and key not in ("epoch",) and math.isfinite(value):
-            lines.append(f"| {key} | {value:.4g} |")
+        if (
+            key != lineage.objective
+            and key not in ("epoch",)
+            and not is_interval(key)
+            and math.isfinite(value)
+        ):
+            lines.append(f"| {key} | {with_bounds(key, value, metrics)} |")
+    if any(is_interval(key) for key in metrics):
+        lines += ["", "In brackets: the 95% interval over the held-out prompts."]
     lines += [
         "",
         "| lineage | |",
