@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import secrets
 import statistics
 import time
 from dataclasses import dataclass
@@ -441,11 +442,14 @@ def open_parent_run(
     driver's lease) are set as the run is created."""
     experiment_id = sweep_experiment(spec, client, store)
     stamp = time.strftime("%Y%m%d-%H%M%S")
+    # Two sweeps of one spec started in the same second (`--new` in a loop) must not share
+    # Tune's experiment folder nor, on a shared Optuna database, the study.
+    unique = f"{stamp}-{secrets.token_hex(2)}"
     tags = {ROLE: "sweep", SPEC_SHA256: spec.source.sha256}
     if step_of is None:
-        experiment_name, run_name = f"{spec.name}-{stamp}", f"sweep-{stamp}"
+        experiment_name, run_name = f"{spec.name}-{unique}", f"sweep-{stamp}"
     else:
-        experiment_name = f"{spec.name}-{step_of.step}-{stamp}"
+        experiment_name = f"{spec.name}-{step_of.step}-{unique}"
         run_name = f"{step_of.step}-{stamp}"
         tags |= {ROLE: STEP_ROLE, STEP: step_of.step, PARENT_RUN_ID: step_of.run_id}
     parent = client.create_run(
