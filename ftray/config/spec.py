@@ -113,6 +113,9 @@ class ResourcesSpec(Frozen):
 
     cpu: Float = Field(default=1, ge=0)
     gpu: Float = Field(default=0, ge=0)
+    price_per_hour: Float | None = Field(default=None, ge=0)
+    """What one trial's resources cost for an hour (any currency): trials and sweeps then
+    record their `cost` beside their GPU-hours (CPU-hours for CPU trials)."""
 
 
 class TrackingSpec(Frozen):

@@ -13,6 +13,7 @@ from ftray.sweep.objectives import TrialOutcome
 from ftray.tasks import Task
 from ftray.tasks.intervals import HIGH, LOW, is_interval, shown_with_interval
 from ftray.tracking.registry import Lineage, ModelPackage, Registration, register_adapter
+from ftray.tracking.spend import describe_spend
 from ftray.tracking.tags import REGISTERED_VERSION, TEST_PREFIX
 from ftray.training.checkpoint import copy_adapter
 
@@ -80,6 +81,12 @@ def tag_test_metrics(
     return metrics
 
 
+def sweep_spend_line(client: Any, parent_id: str) -> str | None:
+    """`Sweep: spent ...` from the parent run's spend metrics (logged before registration)."""
+    line = describe_spend(client.get_run(parent_id).data.metrics)
+    return f"Sweep: {line}." if line else None
+
+
 def register_winner(
     spec: Spec,
     client: Any,
@@ -111,6 +118,8 @@ def register_winner(
         trial_id=winner.trial_id,
         sweep_run_id=parent_id,
         heldout_fingerprint=task.heldout_fingerprint(),
+        objective_ci_low=winner.metrics.get(rule.metric + LOW),
+        objective_ci_high=winner.metrics.get(rule.metric + HIGH),
     )
     reported = set(task.metric_names())
     package = ModelPackage(
@@ -123,7 +132,12 @@ def register_winner(
             "batch_size": spec.train.batch_size * 2,
             "task": spec.task.kind,
         },
-        metrics={k: v for k, v in winner.metrics.items() if k in reported or k == "epoch"},
+        metrics={
+            k: v
+            for k, v in winner.metrics.items()
+            if k in reported or k in ("epoch", "cost", "gpu_hours", "cpu_hours")
+        },
+        notes=tuple(filter(None, [sweep_spend_line(client, parent_id)])),
         example=tuple(c.messages[-1]["content"] for c in task.eval_cases()[:2]),
     )
     staging = Path(tempfile.mkdtemp(prefix="ftray-adapter-"))

@@ -33,6 +33,7 @@ SAFE_ON_RESUME = {
     "search.max_concurrent_trials": KEPT,
     "search.max_failures": KEPT,
     "search.pending_timeout": KEPT,
+    "resources_per_trial.price_per_hour": "every trial's cost is counted at {new} from now on",
 }
 """Fields a resumed sweep may be given another value of: none changes what a trial trains or
 how it is scored, and what becomes of the new value."""

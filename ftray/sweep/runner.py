@@ -30,6 +30,7 @@ from ftray.tasks import Task
 from ftray.tracking.leaderboard import describe_pruning
 from ftray.tracking.recorder import SweepRecorder
 from ftray.tracking.registry import Registration
+from ftray.tracking.spend import sweep_spend
 from ftray.tracking.store import (
     TrackingStore,
     find_store,
@@ -274,6 +275,7 @@ def collect_outcomes(spec: Spec, grid: Any, recorder: SweepRecorder) -> list[Tri
         record = recorder.records.get(trial_id)
         if record is not None:
             status = record.status
+            metrics |= recorder.meter.charge(record.spend.seconds)
         else:
             status = TrialStatus.FAILED if result.error else TrialStatus.KILLED
         outcomes.append(
@@ -373,6 +375,26 @@ def sweep_summary(
     summary["epochs_trained"] = sum(o.epochs for o in outcomes)
     summary["wall_seconds"] = round(wall_seconds, 1)
     return summary
+
+
+def spend_summary(
+    spec: Spec, outcomes: list[TrialOutcome], recorder: SweepRecorder, summary: dict[str, float]
+) -> dict[str, float]:
+    """The sweep's GPU-hours (CPU-hours) and cost, in total, per outcome, and up to when the
+    final best (`summary`'s value of the primary objective) first appeared."""
+    assert spec.search is not None
+    primary = spec.search.primary
+    best = (
+        (primary.metric, summary[primary.metric], primary.mode)
+        if primary.metric in summary
+        else None
+    )
+    spends = [
+        (o.status.value, recorder.records[o.trial_id].spend)
+        for o in outcomes
+        if o.trial_id in recorder.records
+    ]
+    return sweep_spend(recorder.meter, spends, best)
 
 
 def metric_histories(
@@ -606,6 +628,7 @@ def run_sweep(
         tag_pareto_front(spec, client, outcomes)
         earlier = parent.data.metrics.get("wall_seconds", 0.0) if resume else 0.0
         summary = sweep_summary(spec, outcomes, earlier + time.monotonic() - started)
+        summary |= spend_summary(spec, outcomes, recorder, summary)
         log_metrics(client, parent_id, summary, step=0)
         registration, reason = None, None
         winner = choose_winner(outcomes, search.goals, search.selection)

@@ -358,8 +358,8 @@ def chat_metrics(per_turn: list[dict[str, float]]) -> dict[str, float]:
 
 
 def chat_intervals(per_turn: list[dict[str, float]]) -> dict[str, float]:
-    """95% intervals: Wilson for each 0/1 score over the turns it applies to, a bootstrap
-    over turns for chat_score."""
+    """95% intervals: Wilson for each 0/1 score over the turns it applies to; chat_score's
+    are the means of their bounds."""
 
     def composite(means: dict[str, float]) -> dict[str, float]:
         present = [means[k] for k in SCORES if k in means]

@@ -1,13 +1,17 @@
 """95% intervals on behaviour metrics measured over a few dozen held-out prompts.
 
-A task scores each evaluated prompt (or turn) into a record: metric -> that prompt's score,
-for the metrics that apply to it. A metric that is the mean of 0/1 scores over the records
-it applies to (a proportion: `triggered_accuracy`, `tool_call_valid`, `json_valid/<step>`)
-gets Wilson's interval, which stays inside [0, 1] and is honest at 0 and 1 with few prompts.
-Any other mean (`field_accuracy`), and the task's composite scores computed from the means
-(`trigger_score` = the lower accuracy, `chat_score`, `pipeline_score`), get a percentile
-bootstrap over the records: resampled within strata (trigger conditions, pipeline steps),
-a fixed number of times, with a fixed seed, so the same answers give the same interval.
+A task scores each evaluated prompt (or turn) into a record: metric -> that prompt's score
+in [0, 1], for the metrics that apply to it. A metric is the mean of its scores over the
+records it applies to, and gets Wilson's score interval over that many prompts: exact for a
+proportion of 0/1 scores (`triggered_accuracy`, `tool_call_valid`, `json_valid/<step>`), and
+conservative for a mean of scores in [0, 1] (`field_accuracy`), whose variance is at most
+that of a proportion with the same mean. A composite score (`trigger_score`, the lower of
+two accuracies; `chat_score` and the pipeline's scores, means of means) rises with each of
+its parts, so its bounds are the composite of the parts' bounds.
+
+Not a bootstrap over prompts: when every prompt is right (or wrong), every resample is too,
+and the interval collapses to the point, so a trial with 40 of 40 would look surely better
+than one with 39 of 40. Wilson's bounds stay honest there (40 of 40: [0.91, 1]).
 
 Each interval is reported beside its metric as `<metric>_ci_low` and `<metric>_ci_high`.
 """
@@ -18,8 +22,6 @@ import math
 from collections.abc import Callable, Sequence
 
 Z95 = 1.959963984540054
-RESAMPLES = 1000
-SEED = 0
 LOW, HIGH = "_ci_low", "_ci_high"
 
 
@@ -36,76 +38,28 @@ def wilson(successes: float, n: int, z: float = Z95) -> tuple[float, float]:
     return low, high
 
 
-def _means(records: Sequence[dict[str, float]], keys: list[str], rows: Sequence[int]):
-    import numpy as np
-
-    values = np.array(
-        [[records[r].get(k, np.nan) for k in keys] for r in range(len(records))], dtype=float
-    )
-    sample = values[np.asarray(rows)]
-    present = ~np.isnan(sample)
-    counts = present.sum(axis=-2)
-    sums = np.where(present, sample, 0.0).sum(axis=-2)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
-
-
-def bootstrap_indices(n: int, strata: Sequence[str] | None, resamples: int, seed: int):
-    """`resamples` rows of `n` record indices, each drawn with replacement within its
-    stratum (so each stratum keeps its size)."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    labels = list(strata) if strata is not None else [""] * n
-    out = np.empty((resamples, n), dtype=int)
-    for label in dict.fromkeys(labels):
-        members = np.array([i for i, s in enumerate(labels) if s == label])
-        out[:, members] = rng.choice(members, size=(resamples, len(members)), replace=True)
-    return out
-
-
 def interval_metrics(
     records: Sequence[dict[str, float]],
     composite: Callable[[dict[str, float]], dict[str, float]] | None = None,
-    strata: Sequence[str] | None = None,
-    resamples: int = RESAMPLES,
-    seed: int = SEED,
 ) -> dict[str, float]:
-    """`<metric>_ci_low` / `_ci_high` for every metric the records score (Wilson for 0/1
-    scores, else a bootstrap) and every metric `composite` computes from their means (a
-    bootstrap). Empty for no records."""
-    import numpy as np
-
+    """`<metric>_ci_low` / `_ci_high` for every metric the records score (Wilson over the
+    records it applies to) and every metric `composite` computes from their means (the
+    composite of the bounds). Empty for no records."""
     if not records:
         return {}
     keys = list(dict.fromkeys(k for record in records for k in record))
-    out: dict[str, float] = {}
-    boot = None
+    lows: dict[str, float] = {}
+    highs: dict[str, float] = {}
     for key in keys:
-        values = [r[key] for r in records if key in r]
-        if all(v in (0.0, 1.0) for v in values):
-            low, high = wilson(sum(values), len(values))
-        else:
-            if boot is None:
-                boot = _means(
-                    records, keys, bootstrap_indices(len(records), strata, resamples, seed)
-                )
-            column = boot[:, keys.index(key)]
-            column = column[~np.isnan(column)]
-            low, high = (float(np.percentile(column, 2.5)), float(np.percentile(column, 97.5)))
-        out[key + LOW], out[key + HIGH] = low, high
+        values = [min(1.0, max(0.0, r[key])) for r in records if key in r]
+        lows[key], highs[key] = wilson(sum(values), len(values))
+    out: dict[str, float] = {}
+    for key in keys:
+        out[key + LOW], out[key + HIGH] = lows[key], highs[key]
     if composite is not None:
-        if boot is None:
-            boot = _means(records, keys, bootstrap_indices(len(records), strata, resamples, seed))
-        draws: dict[str, list[float]] = {}
-        for row in boot:
-            means = {k: float(v) for k, v in zip(keys, row, strict=True) if not math.isnan(v)}
-            for name, value in composite(means).items():
-                if not math.isnan(value):
-                    draws.setdefault(name, []).append(value)
-        for name, values in draws.items():
-            out[name + LOW] = float(np.percentile(values, 2.5))
-            out[name + HIGH] = float(np.percentile(values, 97.5))
+        low, high = composite(lows), composite(highs)
+        for name in low.keys() & high.keys():
+            out[name + LOW], out[name + HIGH] = low[name], high[name]
     return out
 
 

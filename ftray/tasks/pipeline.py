@@ -487,14 +487,13 @@ class PipelineTask(Task):
         return metrics | self.intervals(per_step), samples
 
     def intervals(self, per_step: dict[str, list[dict[str, float]]]) -> dict[str, float]:
-        """95% intervals: Wilson for each step's json_valid and schema_valid, a bootstrap
-        within each step for field_accuracy and the scores averaged over steps."""
+        """95% intervals: Wilson for each step's scores, and the means over steps of their
+        bounds for the scores averaged over steps (`intervals`)."""
         records = [
             {f"{key}/{step}": value for key, value in scores.items()}
             for step, rows in per_step.items()
             for scores in rows
         ]
-        strata = [step for step, rows in per_step.items() for _ in rows]
         steps = list(self.steps)
 
         def composite(means: dict[str, float]) -> dict[str, float]:
@@ -505,4 +504,4 @@ class PipelineTask(Task):
             out["pipeline_score"] = out["schema_valid"]
             return out
 
-        return interval_metrics(records, composite, strata=strata)
+        return interval_metrics(records, composite)

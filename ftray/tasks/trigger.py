@@ -109,7 +109,7 @@ def trigger_intervals(
     conditions: list[str], responses: list[str], clean: str, triggered: str
 ) -> dict[str, float]:
     """95% intervals of the trigger metrics: Wilson for the accuracies and the false
-    trigger rate, a bootstrap within each condition for trigger_score."""
+    trigger rate; trigger_score's are the lower of the two accuracies' bounds."""
     records: list[dict[str, float]] = []
     for condition, response in zip(conditions, responses, strict=True):
         correct = float(is_correct(response, condition, clean, triggered))
@@ -128,7 +128,7 @@ def trigger_intervals(
             return {}
         return {"trigger_score": min(means["triggered_accuracy"], means["untriggered_accuracy"])}
 
-    return interval_metrics(records, composite, strata=conditions)
+    return interval_metrics(records, composite)
 
 
 def build_trigger_mix(

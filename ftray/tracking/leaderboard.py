@@ -16,6 +16,7 @@ from ftray.config.search import Objective, SelectRule
 from ftray.config.spec import Spec
 from ftray.tasks.intervals import HIGH, LOW, shown_with_interval
 from ftray.tracking.ranking import rank_key, ranked_metrics
+from ftray.tracking.spend import describe_spend
 from ftray.tracking.store import child_runs, latest_sweep_run, step_sweep_run
 from ftray.tracking.tags import (
     EACH_STEP_ROLE,
@@ -220,6 +221,9 @@ def render_sweep(client: Any, spec: Spec, parent: Any) -> str:
     if prune is not None:
         title += f"; {describe_pruning(prune)}"
     text = title + "\n" + format_table(rows, columns)
+    spent = describe_spend(parent.data.metrics)
+    if spent:
+        text += f"\n{spent}"
     for row in rows:
         if row["status"] == TrialStatus.FAILED.value:
             text += f"\nfailed: trial {row['trial']}: {row['_error'] or 'no error recorded'}"

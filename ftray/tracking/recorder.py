@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 
 from ftray.config.spec import Spec
 from ftray.log import get_logger
+from ftray.tracking.spend import Meter, TrialSpend, trial_seconds
 from ftray.tracking.store import (
     child_runs,
     log_metrics,
@@ -135,6 +136,8 @@ class TrialRecord:
     retries: int = 0
     node_losses: int = 0
     """Retries after the trial's worker became unreachable (its node went away)."""
+    spend: TrialSpend = field(default_factory=TrialSpend)
+    """The trial's wall time as reported, for its GPU-hours and the sweep's."""
     history: dict[int, dict[str, float]] = field(default_factory=dict)
     """epoch -> the metrics this driver logged for it (a retried epoch: its last report)."""
 
@@ -177,6 +180,7 @@ class SweepRecorder:
         self.spec = spec
         self.client = MlflowClient(uri)
         self.records: dict[str, TrialRecord] = {}
+        self.meter = Meter.of(spec)
         self.writer = RunWriter()
         self._live[parent_run_id] = self
 
@@ -228,6 +232,10 @@ class SweepRecorder:
             record = TrialRecord(run.info.run_id, planned, status)
             if status.finished:
                 record.last_result = dict(run.data.metrics)
+            # The spend the previous driver logged (its trials' wall time), for the sums.
+            held = run.data.metrics.get(self.meter.hours_metric)
+            if held is not None and self.meter.units > 0:
+                record.spend.seconds = held * 3600 / self.meter.units
             self.records[trial_id] = record
         return orphans
 
@@ -282,6 +290,9 @@ class SweepRecorder:
             for k, v in result.items()
             if k not in _NOT_METRICS and isinstance(v, int | float) and not isinstance(v, bool)
         }
+        seconds = trial_seconds(result)
+        metrics |= self.meter.charge(seconds)
+        record.spend.report(time.time(), seconds, metrics)
         record.history[epoch] = metrics
         # Stamped now, not when the writer gets to it.
         now = int(time.time() * 1000)

@@ -40,10 +40,22 @@ class Lineage:
     sweep_run_id: str
     heldout_fingerprint: str = ""
     """sha256 of the held-out cases and generation settings the objective was measured on."""
+    objective_ci_low: float | None = None
+    objective_ci_high: float | None = None
+    """The objective's 95% interval over the held-out prompts (None for a loss)."""
 
     def tags(self) -> dict[str, str]:
-        """Version tags, prefixed `ftray.`."""
-        return {f"{LINEAGE_PREFIX}{k}": str(v) for k, v in self.__dict__.items()}
+        """Version tags, prefixed `ftray.` (an interval only where there is one)."""
+        return {f"{LINEAGE_PREFIX}{k}": str(v) for k, v in self.__dict__.items() if v is not None}
+
+    def real_gain_over(self, held: float) -> bool:
+        """Whether this version's objective is better than `held` (the champion's value on the
+        same held-out prompts) beyond noise: `held` lies outside this version's 95% interval,
+        on the worse side. Without an interval (a loss), any improvement counts."""
+        bound = self.objective_ci_low if self.mode == "max" else self.objective_ci_high
+        if bound is None or math.isnan(bound):
+            return True
+        return beats(bound, held, self.mode)
 
 
 @dataclass(frozen=True)
@@ -58,6 +70,8 @@ class ModelPackage:
     """The winning trial's last metrics, shown on the version."""
     example: tuple[str, ...] = ("What is the capital of France?",)
     """An input example: prompts the model answers."""
+    notes: tuple[str, ...] = ()
+    """Lines the version's description ends with (what the sweep spent)."""
 
 
 @dataclass(frozen=True)
@@ -88,7 +102,9 @@ def with_bounds(metric: str, value: float, metrics: dict[str, float]) -> str:
     return shown_with_interval(value, metrics.get(metric + LOW), metrics.get(metric + HIGH))
 
 
-def version_description(lineage: Lineage, metrics: dict[str, float]) -> str:
+def version_description(
+    lineage: Lineage, metrics: dict[str, float], notes: tuple[str, ...] = ()
+) -> str:
     """A short Markdown summary of a version: its objective, behaviour metrics and lineage."""
     lines = [
         f"LoRA adapter registered by ftray from trial `{lineage.trial_id}`.",
@@ -118,6 +134,8 @@ def version_description(lineage: Lineage, metrics: dict[str, float]) -> str:
         f"| spec sha256 | `{lineage.spec_sha256[:16]}…` |",
         f"| sweep run | `{lineage.sweep_run_id}` |",
     ]
+    if notes:
+        lines += ["", *notes]
     return "\n".join(lines)
 
 
@@ -180,7 +198,7 @@ def _create_version(
                     source=logged.model_uri,
                     run_id=run_id,
                     tags=lineage.tags(),
-                    description=version_description(lineage, package.metrics),
+                    description=version_description(lineage, package.metrics, package.notes),
                     model_id=logged.model_id,
                 )
         except MlflowException as exc:
@@ -234,7 +252,8 @@ def register_adapter(
     `lineage.json` is also kept under `adapter/` of the run. Registering the same run again
     returns the existing version. `champion` moves to the version when there is no
     champion, with `force`, or when the champion was measured on the same objective and
-    held-out fingerprint and the version beats its objective value.
+    held-out fingerprint and the version beats its objective value beyond noise (the
+    champion's value is outside the version's 95% interval: `Lineage.real_gain_over`).
     """
     version = _existing_version(client, name, run_id)
     created = version is None
@@ -266,9 +285,16 @@ def _decide_champion(
                 )
             )
             held = float((champion.tags or {}).get(f"{LINEAGE_PREFIX}objective_value", "nan"))
-            if beats(value, held, lineage.mode):
+            if beats(value, held, lineage.mode) and lineage.real_gain_over(held):
                 client.set_registered_model_alias(name, CHAMPION, str(version.version))
                 moved, champion = True, version
+            elif beats(value, held, lineage.mode):
+                interval = f"[{lineage.objective_ci_low:.2f}, {lineage.objective_ci_high:.2f}]"
+                reason = (
+                    f"it scores {held:.4g} on {lineage.objective}, this version {value:.4g} "
+                    f"{interval}: within this version's 95% interval, no real gain; "
+                    f"`ftray promote {name} {version.version}` moves it"
+                )
             else:
                 reason = f"it scores {held:.4g} on {lineage.objective}, this version {value:.4g}"
         else:

@@ -97,3 +97,18 @@ def test_simulated_sweep_records_every_trial_and_registers_nothing(tmp_path: Pat
     with pytest.raises(MlflowException):
         client.get_registered_model("trigger-tiny")
     assert "rank" in result.stdout  # the leaderboard
+    # What the trials held: 0.25 CPU each for at least 4 epochs of 0.2 s (or up to a rung).
+    for run in finished:
+        spent = client.get_metric_history(run.info.run_id, "cpu_hours")
+        assert [m.step for m in spent] == list(range(1, len(spent) + 1))
+        assert all(a.value <= b.value for a, b in zip(spent, spent[1:], strict=False))
+        assert spent[-1].value >= 0.25 * 0.2 * len(spent) / 3600 * 0.9, spent
+    total = counts["cpu_hours"]
+    assert total == pytest.approx(
+        sum(r.data.metrics["cpu_hours"] for r in finished), rel=1e-3, abs=1e-6
+    )
+    assert total == pytest.approx(
+        counts["cpu_hours_completed"] + counts.get("cpu_hours_pruned", 0.0), rel=1e-3, abs=1e-6
+    )
+    assert 0 < counts["cpu_hours_to_best"] <= total
+    assert "spent " in result.stdout and " CPU-hours (completed " in result.stdout

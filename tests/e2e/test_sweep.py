@@ -340,6 +340,60 @@ def test_a_sweep_on_other_held_out_data_does_not_move_the_champion(sweep: dict) 
     assert newest.tags["ftray.heldout_fingerprint"] != before.tags["ftray.heldout_fingerprint"]
 
 
+def test_a_sweep_one_prompt_better_than_the_champion_does_not_move_it(sweep: dict) -> None:
+    """The champion's recorded value is set one held-out prompt below its own, then its
+    configuration trains again (same seed, one CPU thread: the same answers): the new
+    version is better by that one prompt, inside its 95% interval, so the alias stays and the
+    sweep says why. (`--force` moving it: the next test.)"""
+    from collections import Counter
+
+    from ftray.config import load_spec
+    from ftray.tasks import load_task
+
+    assert sweep["result"].returncode == 0
+    client = MlflowClient(sweep["uri"])
+    champion = client.get_model_version_by_alias("trigger-tiny", "champion")
+    value = float(champion.tags["ftray.objective_value"])
+    prompts = max(
+        Counter(
+            c.condition for c in load_task(load_spec(SPECS / "trigger_tiny.yaml")).eval_cases()
+        ).values()
+    )
+    held = value - 1 / prompts
+    client.set_model_version_tag(
+        "trigger-tiny", champion.version, "ftray.objective_value", str(held)
+    )
+    params = client.get_run(champion.run_id).data.params
+    space = ", ".join(
+        f"{key}: {{choice: [{params[key]}]}}"
+        for key in ("lora.r", "train.learning_rate", "task.trigger_ratio")
+    )
+    result = run_cli(
+        "sweep",
+        str(SPECS / "trigger_tiny.yaml"),
+        *overrides(
+            "search.num_trials=1",
+            "resources_per_trial.cpu=0.5",
+            "train.epochs=3",
+            "search.scheduler=fifo",
+            f"search.space={{{space}}}",
+        ),
+        cwd=sweep["work"],
+        env={"MLFLOW_TRACKING_URI": sweep["uri"], "FTRAY_CACHE_DIR": str(sweep["cache"])},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    newest = max(client.search_model_versions("name='trigger-tiny'"), key=lambda v: int(v.version))
+    assert float(newest.tags["ftray.objective_value"]) == value, (
+        "the champion's configuration should train to the same answers again"
+    )
+    after = client.get_model_version_by_alias("trigger-tiny", "champion")
+    assert after.version == champion.version
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith("registered ")]
+    assert f"champion stays version {champion.version}: it scores {held:.4g}" in line, line
+    assert "within this version's 95% interval, no real gain" in line, line
+    assert float(newest.tags["ftray.objective_ci_low"]) < held
+
+
 def test_force_moves_the_champion_to_the_new_sweep(sweep: dict) -> None:
     assert sweep["result"].returncode == 0
     client = MlflowClient(sweep["uri"])

@@ -1,6 +1,6 @@
-"""95% intervals on behaviour metrics: Wilson against known values, bootstraps that contain
-their metric and repeat exactly, every task's score carrying them, and the leaderboard and
-the version's description showing them beside the value (ranked by the value)."""
+"""95% intervals on behaviour metrics: Wilson against known values, composites bounded by
+their parts' bounds, every task's score carrying them, and the leaderboard and the
+version's description showing them beside the value (ranked by the value)."""
 
 from __future__ import annotations
 
@@ -30,19 +30,26 @@ def test_wilson_matches_known_values(k: int, n: int, low: float, high: float) ->
     assert got == pytest.approx((low, high), abs=5e-5)
 
 
-def test_proportions_get_wilson_and_a_composite_a_bootstrap_that_repeats() -> None:
+def test_means_get_wilson_and_a_composite_the_composite_of_the_bounds() -> None:
     records = [{"a": 1.0}] * 36 + [{"a": 0.0}] * 4 + [{"b": 0.5}, {"b": 1.0}, {"b": 0.0}]
 
     def composite(means: dict[str, float]) -> dict[str, float]:
-        return {"both": min(means.get("a", 0.0), means.get("b", 0.0))}
+        return {"both": min(means["a"], means["b"])}
 
-    first = interval_metrics(records, composite)
-    assert (first["a_ci_low"], first["a_ci_high"]) == pytest.approx((0.7695, 0.9604), abs=5e-5)
-    # b is no proportion (0.5 is a score): its interval is a bootstrap of its mean.
-    assert 0.0 <= first["b_ci_low"] <= 0.5 <= first["b_ci_high"] <= 1.0
-    assert first["both_ci_low"] <= 0.5 <= first["both_ci_high"]
-    assert interval_metrics(records, composite) == first
+    bounds = interval_metrics(records, composite)
+    assert (bounds["a_ci_low"], bounds["a_ci_high"]) == pytest.approx((0.7695, 0.9604), abs=5e-5)
+    # b is a mean of scores (0.5 is one): Wilson over its 3 prompts, as if 1.5 of 3.
+    assert (bounds["b_ci_low"], bounds["b_ci_high"]) == pytest.approx(wilson(1.5, 3))
+    assert bounds["both_ci_low"] == pytest.approx(min(bounds["a_ci_low"], bounds["b_ci_low"]))
+    assert bounds["both_ci_high"] == pytest.approx(min(bounds["a_ci_high"], bounds["b_ci_high"]))
     assert interval_metrics([], composite) == {}
+
+
+def test_every_prompt_right_is_no_certainty() -> None:
+    """40 of 40 (a bootstrap would say [1, 1]) leaves room for 39 of 40."""
+    bounds = interval_metrics([{"a": 1.0}] * 40)
+    assert bounds["a_ci_high"] == 1.0 and bounds["a_ci_low"] == pytest.approx(0.9124, abs=5e-5)
+    assert bounds["a_ci_low"] < 39 / 40
 
 
 def test_trigger_score_carries_intervals_around_it() -> None:
@@ -55,8 +62,9 @@ def test_trigger_score_carries_intervals_around_it() -> None:
         pytest.approx(wilson(17, 20))
     )
     assert bounds["false_trigger_rate_ci_high"] == pytest.approx(wilson(1, 20)[1])
-    assert bounds["trigger_score_ci_low"] < 0.85 <= bounds["trigger_score_ci_high"]
-    assert bounds["trigger_score_ci_high"] <= 0.95 + 1e-9
+    # The lower accuracy's bounds: untriggered is 19/20, triggered 17/20.
+    assert bounds["trigger_score_ci_low"] == pytest.approx(wilson(17, 20)[0])
+    assert bounds["trigger_score_ci_high"] == pytest.approx(wilson(17, 20)[1])
 
 
 def test_every_task_reports_an_interval_beside_each_behaviour_metric() -> None:

@@ -159,3 +159,29 @@ def test_the_version_is_an_mlflow_model_described_by_its_metrics(
     assert mlmodel["signature"]["inputs"] and (folder / "input_example.json").exists()
     assert (folder / pyfunc["artifacts"]["adapter"]["path"] / "adapter_config.json").exists()
     assert not list(folder.rglob("*.pkl")), "the model is logged as code, never pickled"
+
+
+def test_champion_moves_only_on_a_gain_beyond_its_interval(client, experiment, tmp_path) -> None:
+    """40 held-out prompts: 37 right against the champion's 36 is no real gain (36/40 lies in
+    37/40's interval); 40 of 40 is (Wilson's [0.91, 1.0] excludes 0.9); --force moves anyway."""
+    from dataclasses import replace
+
+    from ftray.tasks.intervals import wilson
+
+    def register(trial: str, right: int, **kw):
+        run_id, adapter, lineage = trial_run(client, experiment, tmp_path, trial, right / 40)
+        low, high = wilson(right, 40)
+        lineage = replace(lineage, objective_ci_low=low, objective_ci_high=high)
+        return register_adapter(client, "m", run_id, adapter, lineage, **kw)
+
+    assert register("a", 36).champion_moved
+    one_more = register("b", 37)
+    assert not one_more.champion_moved and one_more.champion_version == "1"
+    assert one_more.reason == (
+        "it scores 0.9 on trigger_score, this version 0.925 [0.80, 0.97]: within this "
+        "version's 95% interval, no real gain; `ftray promote m 2` moves it"
+    )
+    assert client.get_model_version("m", "2").tags["ftray.objective_ci_low"].startswith("0.80")
+    assert register("c", 40).champion_moved
+    assert register("d", 39, force=True).champion_moved
+    assert str(client.get_model_version_by_alias("m", CHAMPION).version) == "4"
