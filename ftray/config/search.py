@@ -281,6 +281,41 @@ _DISTRIBUTION_ATTRS = {
 }
 
 
+class BudgetSpec(Frozen):
+    """What a sweep may spend: one of GPU-hours (CPU-hours for CPU trials), money (needs
+    `resources_per_trial.price_per_hour`) or wall-clock hours. The sweep starts no trial
+    whose expected spend would pass it, stops its running trials when it is spent, and
+    registers the best so far; `num_trials` is then a ceiling."""
+
+    gpu_hours: Float | None = Field(default=None, gt=0)
+    cpu_hours: Float | None = Field(default=None, gt=0)
+    cost: Float | None = Field(default=None, gt=0)
+    wall_hours: Float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> BudgetSpec:
+        given = [k for k in ("gpu_hours", "cpu_hours", "cost", "wall_hours") if getattr(self, k)]
+        if len(given) != 1:
+            raise PydanticCustomError(
+                "budget",
+                "search.budget takes one of gpu_hours, cpu_hours, cost or wall_hours"
+                + (f"; it has {', '.join(given)}" if given else ""),
+            )
+        return self
+
+    @property
+    def kind(self) -> str:
+        """`gpu_hours`, `cpu_hours`, `cost` or `wall_hours`."""
+        return next(k for k in ("gpu_hours", "cpu_hours", "cost", "wall_hours") if getattr(self, k))
+
+    @property
+    def limit(self) -> float:
+        return float(getattr(self, self.kind))
+
+    def __str__(self) -> str:
+        return f"{self.limit:g} {self.kind.replace('_', '-')}"
+
+
 class SearchSpec(Frozen):
     """What the sweep optimises, which trial it registers, and over which space.
 
@@ -308,6 +343,7 @@ class SearchSpec(Frozen):
     """Seconds trials may wait for resources while none runs (an autoscaling cluster adding
     nodes); then the sweep stops and fails."""
     space: dict[str, Distribution] = Field(default_factory=dict)
+    budget: BudgetSpec | None = None
 
     @model_validator(mode="after")
     def _one_way_to_name_objectives(self) -> SearchSpec:

@@ -241,6 +241,31 @@ class Spec(Frozen):
             )
         return self
 
+    @model_validator(mode="after")
+    def _budget_the_trials_can_meter(self) -> Spec:
+        budget = self.search.budget if self.search is not None else None
+        if budget is None:
+            return self
+        resources = self.resources_per_trial
+        if budget.kind == "cost" and resources.price_per_hour is None:
+            raise PydanticCustomError(
+                "budget",
+                "search.budget.cost needs resources_per_trial.price_per_hour (what one trial's "
+                "resources cost for an hour)",
+            )
+        if budget.kind == "gpu_hours" and resources.gpu == 0:
+            raise PydanticCustomError(
+                "budget",
+                "search.budget.gpu_hours meters GPUs, and these trials ask for none: give "
+                "cpu_hours, or resources_per_trial.gpu",
+            )
+        if budget.kind == "cpu_hours" and resources.gpu > 0:
+            raise PydanticCustomError(
+                "budget",
+                "search.budget.cpu_hours meters CPU trials, and these ask for GPUs: give gpu_hours",
+            )
+        return self
+
     @property
     def registers(self) -> bool:
         """Whether the sweep registers its best trial (`tracking.register`, see there)."""

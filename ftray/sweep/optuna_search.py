@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 SUGGEST_SECONDS: list[float] = []
@@ -35,7 +36,16 @@ class PruneAwareOptunaSearch(OptunaSearch):
     never a finished one.
     """
 
+    budget_key: str | None = None
+    """The parent run id of the sweep whose `search.budget` may end the search."""
+
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        from ftray.sweep.budget import Budget
+
+        budget = Budget.for_sweep(self.budget_key)
+        if budget is not None and not budget.affords_another():
+            budget.decline()
+            return Searcher.FINISHED
         started = time.perf_counter()
         config = super().suggest(trial_id)
         if isinstance(config, dict):  # not a "nothing now" or "no more"

@@ -16,6 +16,7 @@ from typing import Any
 from ftray.config.spec import Spec
 from ftray.errors import InputError
 from ftray.log import get_logger, library_prints_to_debug, quiet_library_logs
+from ftray.sweep.budget import Budget, BudgetStopper
 from ftray.sweep.callback import RecordTrials
 from ftray.sweep.lease import Lease
 from ftray.sweep.objectives import TrialOutcome, choose_winner, pareto_front, ranked
@@ -203,10 +204,15 @@ def build_tuner(
     from ray.tune.stopper import CombinedStopper
 
     assert spec.search is not None
+    searcher = build_searcher(spec, study_name)
+    stoppers = [s for s in (stopper, watch) if s is not None]
+    if spec.search.budget is not None:
+        searcher.budget_key = callback.parent_run_id
+        stoppers.append(BudgetStopper(callback.parent_run_id))
     return tune.Tuner(
         make_trainable_for(spec, split=split),
         tune_config=tune.TuneConfig(
-            search_alg=build_searcher(spec, study_name),
+            search_alg=searcher,
             scheduler=build_scheduler(spec),
             num_samples=spec.search.num_trials,
             max_concurrent_trials=spec.search.max_concurrent_trials,
@@ -221,7 +227,7 @@ def build_tuner(
             # Tune's per-trial result files, without its TensorBoard logger (run_sweep turns
             # the default loggers off): TensorBoardX imports torch into the driver.
             callbacks=[callback, watch, CSVLoggerCallback(), JsonLoggerCallback()],
-            stop=CombinedStopper(stopper, watch) if stopper is not None else watch,
+            stop=CombinedStopper(*stoppers) if len(stoppers) > 1 else stoppers[0],
             # Two: a retried trial falls back to the older when the newer is corrupted.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
@@ -568,6 +574,7 @@ def run_sweep(
     recorder = SweepRecorder(uri, experiment_id, parent_id, spec)
     status = "FAILED"
     search = spec.search
+    budget: Budget | None = None
     try:
         if resume:
             orphans = recorder.adopt_existing_runs()
@@ -610,6 +617,14 @@ def run_sweep(
         from ftray.sweep.optuna_search import SUGGEST_SECONDS
 
         SUGGEST_SECONDS.clear()
+        if search.budget is not None:
+            earlier_wall = parent.data.metrics.get("wall_seconds", 0.0) if resume else 0.0
+            budget = Budget(
+                search.budget,
+                recorder,
+                spec.train.epochs,
+                time.time() - earlier_wall - phases["prepare"],
+            )
         with library_prints_to_debug():
             grid = tuner.fit()
         recorder.flush()  # the trials' runs as complete as Tune's results, before reading them
@@ -622,13 +637,22 @@ def run_sweep(
             raise PendingTimeout(stalled)
         outcomes = collect_outcomes(spec, grid, recorder)
         terminal = [o for o in outcomes if o.status.finished or o.status is TrialStatus.FAILED]
-        if len(terminal) < search.num_trials:
+        stopped_by_budget = budget is not None and (budget.declined > 0 or budget.spent_out)
+        if len(terminal) < search.num_trials and not stopped_by_budget:
             status = "KILLED"
             raise SweepInterrupted(experiment_path)
         tag_pareto_front(spec, client, outcomes)
         earlier = parent.data.metrics.get("wall_seconds", 0.0) if resume else 0.0
         summary = sweep_summary(spec, outcomes, earlier + time.monotonic() - started)
         summary |= spend_summary(spec, outcomes, recorder, summary)
+        if budget is not None:
+            summary |= budget.summary(search.num_trials, len(outcomes))
+            log.info(
+                f"budget {budget.spec}: {summary['budget_spent']:.3g} spent; "
+                f"{len(outcomes)} of {search.num_trials} trials started"
+                + (f", {summary['trials_not_started']:g} not started" if budget.declined else "")
+                + ("; the running trials were stopped when it ran out" if budget.spent_out else "")
+            )
         log_metrics(client, parent_id, summary, step=0)
         registration, reason = None, None
         winner = choose_winner(outcomes, search.goals, search.selection)
@@ -674,6 +698,8 @@ def run_sweep(
     finally:
         if guard is not None:
             guard.close()
+        if budget is not None:
+            budget.release()
         recorder.close_open_runs("KILLED" if status != "FAILED" else "FAILED")
         recorder.release()
         if lease is None or lease.lost is None:  # else the sweep is another driver's now
