@@ -23,6 +23,7 @@ from ftray.sweep.runner import (
     sweep_experiment,
 )
 from ftray.sweep.steps import StepSweep
+from ftray.tracking.opening import open_store
 from ftray.tracking.store import (
     latest_sweep_run,
     log_metrics,
@@ -123,10 +124,8 @@ def run_each_step(
     finished steps are kept, the others resumed or started); the parent run is closed
     whatever happens. As for one sweep, a new each-step run while the spec's last sweep has
     not finished needs `new` (UnfinishedSweep otherwise)."""
-    from mlflow import MlflowClient
-
     uri = tracking_uri(spec)
-    client = MlflowClient(uri)
+    client = open_store(uri)
     steps = [sweep.step for sweep in sweeps]
     if resume:
         run = each_step_run_to_resume(spec, client, uri, steps)
