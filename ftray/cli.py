@@ -116,8 +116,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     prepared = None
     if not args.resume:  # a resume first checks the spec against the recorded one
         from ftray.sweep.ray_session import start_ray_early
+        from ftray.tracking.opening import reach_store
+        from ftray.tracking.store import tracking_uri
 
         prepared = checked_base(spec, task, spec.name)  # the data's check, before Ray starts
+        reach_store(tracking_uri(spec))  # a store that cannot be used, before Ray starts
         # Ray starts (seconds) while the driver imports MLflow and opens the tracking store.
         start_ray_early()
     from mlflow import MlflowClient
@@ -286,15 +289,14 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec, args.overrides)
     if spec.search is None:
         raise InputError.at(args.spec, None, "the spec has no search: section, so it has no sweeps")
-    from mlflow import MlflowClient
-
     from ftray.tracking.leaderboard import render_leaderboard, search_drift
+    from ftray.tracking.opening import open_store
     from ftray.tracking.store import existing_store, latest_sweep_run
 
     quiet_library_logs()
     store = existing_store(args.tracking_uri, spec)
     uri = store.uri
-    client = MlflowClient(uri)
+    client = open_store(uri)
     board = render_leaderboard(client, spec)
     if board is None:
         print(
@@ -324,15 +326,15 @@ def cmd_promote(args: argparse.Namespace) -> int:
     from ftray.config import load_spec
 
     spec = load_spec(args.spec) if args.spec is not None else None
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
+    from ftray.tracking.opening import open_store
     from ftray.tracking.registry import promote
     from ftray.tracking.store import existing_store
 
     quiet_library_logs()
     uri = existing_store(args.tracking_uri, spec).uri
-    client = MlflowClient(uri)
+    client = open_store(uri)
     try:
         promote(client, args.name, args.version, args.alias)
     except MlflowException as exc:
@@ -357,13 +359,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     )
     check_request(request)  # bad arguments exit 2 before MLflow or torch is imported
 
-    from mlflow import MlflowClient
-
     from ftray.export.run import export_model
+    from ftray.tracking.opening import open_store
     from ftray.tracking.store import existing_store
 
     quiet_library_logs()  # no "creating tables" lines
-    document = export_model(request, MlflowClient(existing_store(args.tracking_uri).uri))
+    document = export_model(request, open_store(existing_store(args.tracking_uri).uri))
     summary = {
         "out": str(args.out),
         "format": document["format"],
@@ -515,10 +516,11 @@ def main(argv: list[str] | None = None) -> int:
         from ftray.models.backend import BackendUnavailable
         from ftray.models.peft_backend import BaseModelMissing, NotSafetensors
         from ftray.sweep.ray_session import ClusterUnreachable
+        from ftray.tracking.opening import StoreUnavailable
         from ftray.training.report import NonFiniteLoss
 
         failures = (BackendUnavailable, ExportFailed, BaseModelMissing, NotSafetensors)
-        if isinstance(exc, (*failures, NonFiniteLoss, ClusterUnreachable)):
+        if isinstance(exc, (*failures, NonFiniteLoss, ClusterUnreachable, StoreUnavailable)):
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_RUNTIME
         raise

@@ -24,6 +24,7 @@ from ftray.sweep.runner import (
     sweep_experiment,
 )
 from ftray.sweep.steps import StepSweep
+from ftray.tracking.opening import open_store
 from ftray.tracking.store import (
     latest_sweep_run,
     log_metrics,
@@ -134,10 +135,8 @@ def run_each_step(
     whatever happens. As for one sweep, a new each-step run while the spec's last sweep has
     not finished needs `new` (UnfinishedSweep otherwise), and none starts or resumes beside a
     live one (SweepRunning); the each-step run holds the lease of all its steps' sweeps."""
-    from mlflow import MlflowClient
-
     uri = tracking_uri(spec)
-    client = MlflowClient(uri)
+    client = open_store(uri)
     steps = [sweep.step for sweep in sweeps]
     if resume:
         run = each_step_run_to_resume(spec, client, uri, steps)

@@ -29,6 +29,7 @@ from ftray.sweep.space import CheckedBase, asha_max_t, asha_rungs, checked_base
 from ftray.sweep.storage import StorageGuard, guard_shared_storage, storage_problem
 from ftray.tasks import Task
 from ftray.tracking.leaderboard import describe_pruning
+from ftray.tracking.opening import open_store
 from ftray.tracking.recorder import SweepRecorder
 from ftray.tracking.registry import Registration
 from ftray.tracking.spend import sweep_spend
@@ -515,7 +516,6 @@ def run_sweep(
     set_tune_environment()
     import mlflow
     import optuna  # noqa: F401  (imported before its logger's level is set, or it resets it)
-    from mlflow import MlflowClient
 
     quiet_library_logs()
     assert spec.search is not None
@@ -526,11 +526,9 @@ def run_sweep(
     started = time.monotonic() - checked.seconds
     phases = {"prepare": checked.seconds}
     store = find_store(None, spec)
-    if store.path is not None and store.uri.startswith("sqlite:"):
-        store.path.parent.mkdir(parents=True, exist_ok=True)
     uri = store.uri
     mlflow.set_tracking_uri(uri)
-    client = MlflowClient(uri)
+    client = open_store(uri)  # made (a SQLite store's folder too) by one process at a time
     # Which sweep this is, and whether --resume may continue it: bad input before Ray starts.
     resumed = sweep_to_continue(spec, task, client, uri, resume, new, step_of)
     lease: Lease | None = None  # a step's sweep runs under its each-step run's lease
