@@ -91,8 +91,9 @@ def cache_dir() -> Path:
     return ftray_cache() / "llama.cpp" / LLAMA_CPP_PYTHON_VERSION
 
 
-def convert(model_dir: Path, out_file: Path, quant: str) -> Path:
-    """Write the Hugging Face model in `model_dir` as a GGUF file of type `quant`; return it.
+def convert(model_dir: Path, out_file: Path, quant: str, name: str | None = None) -> Path:
+    """Write the Hugging Face model in `model_dir` as a GGUF file of type `quant`, its
+    `general.name` `name` (else the converter's guess from the folder's name); return it.
 
     Raises `InputError` for an unknown `quant` or a folder without `config.json`;
     `ExportFailed` when the converter or `llama-quantize` fails or cannot be found.
@@ -109,10 +110,10 @@ def convert(model_dir: Path, out_file: Path, quant: str) -> Path:
     try:
         partial = work / out_file.name
         if quantizer is None:
-            _run_converter(tree, model_dir, partial, kind)
+            _run_converter(tree, model_dir, partial, kind, name)
         else:
             f16 = work / "model-f16.gguf"
-            _run_converter(tree, model_dir, f16, "f16")
+            _run_converter(tree, model_dir, f16, "f16", name)
             get_logger().info(f"quantizing to {kind} with {quantizer}")
             _run([str(quantizer), str(f16), str(partial), kind.upper()], "llama-quantize")
         os.replace(partial, out_file)
@@ -134,7 +135,9 @@ def check_quant(quant: str) -> str:
     )
 
 
-def _run_converter(tree: Path, model_dir: Path, out_file: Path, outtype: str) -> None:
+def _run_converter(
+    tree: Path, model_dir: Path, out_file: Path, outtype: str, name: str | None
+) -> None:
     env = dict(os.environ)
     env.pop("NO_LOCAL_GGUF", None)
     # The converter's own gguf-py first: a pip-installed gguf may not match this converter.
@@ -153,6 +156,7 @@ def _run_converter(tree: Path, model_dir: Path, out_file: Path, outtype: str) ->
         str(out_file),
         "--outtype",
         outtype,
+        *(["--model-name", name] if name else []),
     ]
     _run(command, CONVERTER, env=env)
 

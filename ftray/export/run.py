@@ -107,11 +107,16 @@ def manifest(request: ExportRequest, source: Any, folder: Path, details: dict[st
     }
 
 
-def _gguf_name(source: Any, quant: str) -> str:
-    stem = source.registered_name or f"run-{source.run_id[:12]}"
+def _model_name(source: Any) -> str:
+    """What the export is called: the registered name and version, else the run."""
+    name = source.registered_name or f"run-{source.run_id[:12]}"
     if source.registered_version:
-        stem += f"-v{source.registered_version}"
-    return f"{stem}-{quant}.gguf"
+        name += f"-v{source.registered_version}"
+    return name
+
+
+def _gguf_name(source: Any, quant: str) -> str:
+    return f"{_model_name(source)}-{quant}.gguf"
 
 
 def _write(request: ExportRequest, source: Any, staging: Path, work: Path) -> dict[str, Any]:
@@ -143,7 +148,7 @@ def _write(request: ExportRequest, source: Any, staging: Path, work: Path) -> di
         modelfile_text = modelfile(tokenizer, name, where=request.model_uri)
     log.info(f"merging the adapter into {source.lineage['base_model']}")
     details = formats.write_merged(source, work / "merged", request.dtype)
-    convert(work / "merged", staging / name, quant)
+    convert(work / "merged", staging / name, quant, name=_model_name(source))
     details["gguf"] = name
     if modelfile_text is not None:
         (staging / "Modelfile").write_text(modelfile_text)

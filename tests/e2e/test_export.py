@@ -174,6 +174,10 @@ def test_gguf_f16_gives_the_merged_models_greedy_tokens(
     assert result.returncode == 0, result.stderr[-4000:]
     (gguf,) = out.glob("*.gguf")
     assert gguf.name.endswith("-f16.gguf")
+    from gguf import GGUFReader
+
+    name = GGUFReader(gguf).fields["general.name"]
+    assert bytes(name.parts[-1]).decode() == gguf.name.removesuffix("-f16.gguf")  # not "Merged"
 
     merged = AutoModelForCausalLM.from_pretrained(exported["merged"]).eval()
     tokenizer = AutoTokenizer.from_pretrained(exported["merged"])
@@ -227,6 +231,35 @@ def test_ollama_modelfile_renders_the_chat_template(exported: dict[str, Path], h
             messages, tokenize=False, add_generation_prompt=True
         )
         assert render(template, messages) == expected
+    # The tiny model's template writes tools, calls and results: so does the TEMPLATE.
+    from ftray.export.ollama_json import ollama_tools
+
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "lookup",
+                "description": "Who fixed something.",
+                "parameters": {"type": "object", "properties": {"thing": {"type": "string"}}},
+            },
+        }
+    ]
+    messages = [
+        {"role": "user", "content": "Who fixed the gate?"},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {"type": "function", "function": {"name": "lookup", "arguments": {"thing": "gate"}}}
+            ],
+        },
+        {"role": "tool", "content": "Bob"},
+    ]
+    expected = tokenizer.apply_chat_template(
+        messages, tools=ollama_tools(tools), tokenize=False, add_generation_prompt=True
+    )
+    assert "<tool_call>" in expected and "<tool_response>" in expected
+    assert render(template, messages, tools) == expected
 
 
 def test_refusals_exit_2_with_one_error_line(sweep: dict, tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""Test tools for exports: Go's real text/template, to render an Ollama TEMPLATE."""
+"""Test tools for exports: Go's real text/template, to render an Ollama TEMPLATE with the data
+Ollama gives it (render_template.go)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,24 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable
 from functools import cache
 from pathlib import Path
+from typing import Any, Protocol
 
 import pytest
 
 RENDER_TEMPLATE_GO = Path(__file__).with_name("render_template.go")
-GoRender = Callable[[str, list[dict[str, str]]], str]
+
+
+class GoRender(Protocol):
+    """Renders a TEMPLATE for messages (and tools) as Ollama does for a chat request."""
+
+    def __call__(
+        self,
+        template: str,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None = None,
+    ) -> str: ...
 
 
 @cache
@@ -50,19 +61,44 @@ def _binary() -> Path:
     return binary
 
 
-def go_renderer() -> GoRender:
-    """Renders a TEMPLATE for some messages with Go's text/template, as Ollama does (skips the
-    calling test when Go is not installed)."""
-    binary = _binary()
+def _run(request: dict[str, Any]) -> str:
+    result = subprocess.run(
+        [str(_binary())], input=json.dumps(request).encode(), capture_output=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    return result.stdout.decode()
 
-    def render(template: str, messages: list[dict[str, str]]) -> str:
-        result = subprocess.run(
-            [str(binary)],
-            input=json.dumps({"template": template, "messages": messages}).encode(),
-            capture_output=True,
-            timeout=30,
-        )
-        assert result.returncode == 0, result.stderr.decode()
-        return result.stdout.decode()
+
+def go_renderer() -> GoRender:
+    """Renders a TEMPLATE for some messages (and tools) with Go's text/template, as Ollama does
+    (skips the calling test when Go is not installed)."""
+    _binary()
+
+    def render(
+        template: str,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None = None,
+    ) -> str:
+        request: dict[str, Any] = {"template": template, "messages": messages}
+        if tools:
+            request["tools"] = tools
+        return _run(request)
 
     return render
+
+
+def go_render_all(
+    template: str, conversations: list[tuple[list[dict], list[dict] | None]]
+) -> list[str]:
+    """The text of each (messages, tools) as Ollama renders it with `template`, in one Go run
+    (skips the calling test when Go is not installed)."""
+    requests = [{"messages": messages, "tools": tools or None} for messages, tools in conversations]
+    texts = json.loads(_run({"template": template, "conversations": requests}))
+    assert isinstance(texts, list) and len(texts) == len(conversations)
+    return texts
+
+
+def go_tool_call_tag(template: str) -> str:
+    """The text Ollama looks for in a reply to find its tool calls, read off `template` as
+    Ollama's parser reads it ("{" when the template shows none: any JSON object)."""
+    return _run({"template": template, "tag": True})

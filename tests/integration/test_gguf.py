@@ -132,7 +132,8 @@ def _original(hf_model: Path):
 
 @pytest.fixture(scope="module")
 def f16_file(llama_cpp: Path, hf_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return gguf.convert(hf_model, tmp_path_factory.mktemp("gguf-f16") / "model-f16.gguf", "f16")
+    folder = tmp_path_factory.mktemp("gguf-f16")
+    return gguf.convert(hf_model, folder / "model-f16.gguf", "f16", name="tiny-llama-v2")
 
 
 def test_fetched_tree_has_the_converter_and_quantize_sources_only(llama_cpp: Path) -> None:
@@ -157,6 +158,7 @@ def test_f16_gguf_generates_the_same_greedy_tokens(
     assert bytes(fields["general.architecture"].parts[-1]).decode() == "llama"
     assert bytes(fields["tokenizer.ggml.model"].parts[-1]).decode() == "llama"  # SentencePiece
     assert len(fields["tokenizer.ggml.tokens"].data) == 500
+    assert bytes(fields["general.name"].parts[-1]).decode() == "tiny-llama-v2"
 
     expected, expected_logits = _greedy(_original(hf_model), prompt_ids)
     tokens, logits = _greedy(_from_gguf(f16_file), prompt_ids)

@@ -23,9 +23,10 @@ import json, os, sys
 args = sys.argv[1:]
 out = args[args.index("--outfile") + 1]
 kind = args[args.index("--outtype") + 1]
+name = args[args.index("--model-name") + 1] if "--model-name" in args else None
 with open(out, "w") as f:
     json.dump({"outtype": kind, "model": args[0], "no_local_gguf": "NO_LOCAL_GGUF" in os.environ,
-               "pythonpath": os.environ["PYTHONPATH"].split(os.pathsep)}, f)
+               "pythonpath": os.environ["PYTHONPATH"].split(os.pathsep), "model_name": name}, f)
 """
 FAILING_CONVERTER = """\
 import sys
@@ -148,6 +149,19 @@ def test_converter_runs_with_its_own_gguf_first(
     assert sorted(p.name for p in out.parent.iterdir()) == ["model-q8_0.gguf"]
 
 
+def test_the_gguf_is_named_as_asked_else_by_the_converter(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`general.name` is the converter's `--model-name`; without it the converter guesses one
+    from the folder's name (an export's folder is `merged`, so "Merged")."""
+    monkeypatch.setenv("FTRAY_LLAMA_CPP_DIR", str(_tree(tmp_path / "llama.cpp")))
+    model = _model(tmp_path / "merged")
+    named = gguf.convert(model, tmp_path / "named.gguf", "f16", name="chat-tiny-v3")
+    assert json.loads(named.read_text())["model_name"] == "chat-tiny-v3"
+    unnamed = gguf.convert(model, tmp_path / "unnamed.gguf", "f16")
+    assert json.loads(unnamed.read_text())["model_name"] is None
+
+
 def test_k_quant_converts_to_f16_then_runs_llama_quantize(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -155,8 +169,9 @@ def test_k_quant_converts_to_f16_then_runs_llama_quantize(
     quantize = _executable(tmp_path / "bin" / "llama-quantize", FAKE_QUANTIZE)
     monkeypatch.setenv("FTRAY_LLAMA_QUANTIZE", str(quantize))
     out = tmp_path / "out" / "model.gguf"
-    gguf.convert(_model(tmp_path / "m"), out, "q4_k_m")
+    gguf.convert(_model(tmp_path / "m"), out, "q4_k_m", name="chat-tiny-v3")
     assert json.loads(out.read_text())["outtype"] == "f16"
+    assert json.loads(out.read_text())["model_name"] == "chat-tiny-v3"
     source, target, kind = (tmp_path / "bin" / "calls.log").read_text().split()
     assert (Path(source).name, kind) == ("model-f16.gguf", "Q4_K_M")
     assert Path(target).name == "model.gguf" and Path(target) != out
@@ -268,3 +283,45 @@ def test_only_the_llama_cpp_tree_minus_tests_docs_and_models_is_kept(tmp_path: P
     ]
     assert os.access(staging / "scripts" / "build.sh", os.X_OK)
     assert not (tmp_path / "escape.txt").exists()
+
+
+@pytest.mark.parametrize(
+    ("registered", "version", "name"),
+    [("chat-tiny", "3", "chat-tiny-v3"), (None, None, "run-0123456789ab")],
+)
+def test_an_export_names_the_gguf_after_the_model(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    registered: str | None,
+    version: str | None,
+    name: str,
+) -> None:
+    """The GGUF's `general.name` is the registered name and version (the run without one),
+    not the converter's guess from the merged folder's name."""
+    from types import SimpleNamespace
+
+    from ftray.export import formats, run
+
+    converted: dict[str, object] = {}
+
+    def fake_convert(model_dir: Path, out_file: Path, quant: str, name: str | None = None) -> Path:
+        converted.update(folder=model_dir.name, file=out_file.name, quant=quant, name=name)
+        return out_file
+
+    monkeypatch.setattr(formats, "write_merged", lambda source, out, dtype: {"dtype": "float32"})
+    monkeypatch.setattr(gguf, "convert", fake_convert)
+    source = SimpleNamespace(
+        registered_name=registered,
+        registered_version=version,
+        run_id="0123456789abcdef",
+        lineage={"base_model": "tiny"},
+    )
+    request = run.ExportRequest("models:/chat-tiny/3", "gguf", tmp_path / "out")
+    details = run._write(request, source, tmp_path / "staging", tmp_path / "work")
+    assert converted == {
+        "folder": "merged",
+        "file": f"{name}-f16.gguf",
+        "quant": "f16",
+        "name": name,
+    }
+    assert details["gguf"] == f"{name}-f16.gguf"
