@@ -321,6 +321,30 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Expected GPU-hours (CPU-hours), cost and wall time of the spec's sweep, and what the
+    estimate came from."""
+    from ftray.config import load_spec
+
+    spec = load_spec(args.spec, args.overrides)
+    if spec.search is None:
+        raise InputError.at(args.spec, None, "the spec has no search: section, so no sweep to plan")
+    from ftray.sweep.plan import make_plan, render_plan
+    from ftray.tracking.opening import open_store
+    from ftray.tracking.store import find_store
+
+    quiet_library_logs()
+    store = find_store(args.tracking_uri, spec)
+    if not store.exists():
+        from ftray.sweep.space import prepare_sweep
+
+        prepare_sweep(spec)  # the probe trains: bad input exits 2 first
+    client = open_store(store.uri) if store.exists() else None
+    plan, checked = make_plan(spec, client, args.gpus)
+    print(render_plan(spec, plan, checked))
+    return EXIT_OK
+
+
 def cmd_promote(args: argparse.Namespace) -> int:
     """Point an alias (default champion) at a registered version."""
     from ftray.config import load_spec
@@ -446,6 +470,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_spec_args(board)
     _add_tracking_uri_arg(board, "else the spec's tracking.uri, ")
     board.set_defaults(func=cmd_leaderboard)
+
+    plan = sub.add_parser(
+        "plan", help="expected GPU-hours, cost and wall time of the spec's sweep, before it runs"
+    )
+    _add_spec_args(plan)
+    _add_tracking_uri_arg(plan, "else the spec's tracking.uri, ")
+    plan.add_argument(
+        "--gpus",
+        type=float,
+        default=None,
+        help="GPUs the sweep will have (fewer trials at once when they cannot hold "
+        "max_concurrent_trials of them)",
+    )
+    plan.set_defaults(func=cmd_plan)
 
     promote = sub.add_parser("promote", help="move a registry alias to a version by hand")
     promote.add_argument("name", help="registered model name")

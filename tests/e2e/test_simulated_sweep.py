@@ -112,3 +112,54 @@ def test_simulated_sweep_records_every_trial_and_registers_nothing(tmp_path: Pat
     )
     assert 0 < counts["cpu_hours_to_best"] <= total
     assert "spent " in result.stdout and " CPU-hours (completed " in result.stdout
+
+
+def test_plan_predicts_a_larger_sweep_from_a_smaller_one(tmp_path: Path) -> None:
+    """`ftray plan` for 36 trials, from a sweep of 12, against the sweep of 36 then run;
+    epochs of 1 s so that the trials, not start-up, take most of the time."""
+    import re
+
+    curves = tmp_path / "curves.json"
+    write_curves(curves)
+    sets = [
+        *("--set", "model.backend=simulated"),
+        *("--set", f"model.simulation={{curves: {curves}, epoch_seconds: 1.0}}"),
+        *(
+            "--set",
+            "search.space={lora.r: {choice: [4, 8, 16, 32]}, train.learning_rate: {loguniform: [1.0e-3, 1.0e-2]}}",
+        ),
+        *("--set", "search.max_concurrent_trials=6"),
+        *("--set", "resources_per_trial.cpu=0.25"),
+        *("--set", "train.epochs=4"),
+        *("--set", f"storage.tune_path={tmp_path / 'ray_results'}"),
+    ]
+    env = sweep_env(tmp_path / "store")
+    spec = str(SPECS / "trigger_tiny.yaml")
+
+    def sweep(trials: int) -> None:
+        done = run_cli(
+            "sweep", spec, *sets, "--set", f"search.num_trials={trials}", cwd=tmp_path, env=env
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    def plan(trials: int) -> str:
+        done = run_cli(
+            "plan", spec, *sets, "--set", f"search.num_trials={trials}", cwd=tmp_path, env=env
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout
+
+    sweep(12)
+    text = plan(36)
+    assert text.startswith("plan: trigger-tiny: 36 trials of 4 epochs, 6 at a time, 0.25 CPU each")
+    assert "\nfrom: sweep sweep-" in text and "no two finished sweeps" in text, text
+    found = re.search(r"wall time (?:(\d+) min )?(\d+) s", text)
+    assert found, text
+    predicted = int(found[1] or 0) * 60 + int(found[2])
+    sweep(36)
+    uri = env["MLFLOW_TRACKING_URI"]
+    parents = [r for r in all_runs(uri) if r.data.tags.get("ftray.role") == "sweep"]
+    latest = max(parents, key=lambda r: r.info.start_time)
+    actual = sum(v for k, v in latest.data.metrics.items() if k.startswith("time/"))
+    assert abs(predicted - actual) <= 0.25 * actual, (predicted, actual, text)
+    assert "off by " in plan(36)
