@@ -5,7 +5,8 @@ From the spec's last finished sweep in the tracking store when there is one: its
 wall seconds per epoch (start-up, checkpoints and evaluation included, as `tracking.spend`
 counts them), its epochs per trial (what ASHA's stops left of the planned epochs, scaled to
 the epochs planned now), how much longer its trials phase took than its trial-seconds over
-its concurrency (Tune's scheduling, the last trials running alone), and its fixed phases
+its concurrency, as a share of one trial's time (the last trials running with slots idle),
+and its fixed phases
 (preparation, Ray's start, registration, plots). Without one, from a probe: one trial of
 one epoch of the spec's fixed values, timed here, every trial assumed to run all its epochs.
 
@@ -35,8 +36,10 @@ class Basis:
     """One trial's wall seconds per epoch it ran."""
     epoch_share: float
     """Epochs a trial ran over the epochs it planned (1 without ASHA's stops)."""
-    spread: float
-    """The trials phase over (trial-seconds / concurrency): 1 when slots never idle."""
+    tail: float
+    """How much longer the trials phase took than trial-seconds / concurrency, as a share of
+    one trial's mean wall time: the last trials running with slots idle beside them, and
+    trials waiting to start (about one trial's time, whatever the sweep's size)."""
     fixed_seconds: float
     """The sweep's wall time outside its trials phase."""
     source: str
@@ -56,8 +59,14 @@ class Plan:
         return self.trials * self.epochs * b.epoch_share * b.seconds_per_epoch
 
     @property
+    def trial_wall(self) -> float:
+        """One trial's expected wall time."""
+        b = self.basis
+        return self.epochs * b.epoch_share * b.seconds_per_epoch
+
+    @property
     def wall_seconds(self) -> float:
-        phase = self.trial_seconds / self.concurrent * self.basis.spread
+        phase = self.trial_seconds / self.concurrent + self.basis.tail * self.trial_wall
         return phase + self.basis.fixed_seconds
 
     def spend(self) -> dict[str, float]:
@@ -107,10 +116,11 @@ def sweep_record(client: Any, parent: Any) -> dict[str, float] | None:
 def basis_of(record: dict[str, float], name: str) -> Basis:
     per_epoch = record["trial_seconds"] / record["epochs"]
     ideal = record["trial_seconds"] / record["concurrent"]
+    per_trial = record["trial_seconds"] / record["trials"]
     return Basis(
         seconds_per_epoch=per_epoch,
         epoch_share=record["epochs"] / (record["trials"] * record["planned"]),
-        spread=max(1.0, record["trials_phase"] / ideal) if ideal > 0 else 1.0,
+        tail=max(0.0, record["trials_phase"] - ideal) / per_trial,
         fixed_seconds=record["wall"] - record["trials_phase"],
         source=(
             f"sweep {name}: {record['trials']:g} trials, {record['epochs']:g} epochs run of "
@@ -139,11 +149,14 @@ def past_errors(records: list[tuple[str, dict[str, float]]]) -> list[float]:
     """|estimate - actual| / actual of each sweep's wall time predicted from the one before."""
     errors = []
     for (before_name, before), (_, after) in zip(records, records[1:], strict=False):
-        basis = basis_of(before, before_name)
-        per_trial_epochs = after["planned"]
-        estimate = (
-            after["trials"] * per_trial_epochs * basis.epoch_share * basis.seconds_per_epoch
-        ) / after["concurrent"] * basis.spread + basis.fixed_seconds
+        plan = Plan(
+            trials=int(after["trials"]),
+            concurrent=int(after["concurrent"]),
+            epochs=int(after["planned"]),
+            meter=Meter("cpu", 1.0),
+            basis=basis_of(before, before_name),
+        )
+        estimate = plan.wall_seconds
         if after["wall"] > 0:
             errors.append(abs(estimate - after["wall"]) / after["wall"])
     return errors
@@ -164,7 +177,7 @@ def probe_basis(spec: Spec) -> Basis:
     return Basis(
         seconds_per_epoch=seconds,
         epoch_share=1.0,
-        spread=1.0,
+        tail=1.0,
         fixed_seconds=30.0,
         source=(
             f"a probe trial of 1 epoch here ({seconds:.1f} s, its start-up included): no sweep "

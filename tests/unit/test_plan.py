@@ -25,10 +25,12 @@ RECORD = {
 def test_a_plan_from_a_recorded_sweep() -> None:
     basis = basis_of(RECORD, "sweep-1")
     assert basis.seconds_per_epoch == 20 and basis.epoch_share == 0.75
-    assert basis.spread == pytest.approx(1.1) and basis.fixed_seconds == 30
+    # 30 s beyond 600 s / 2, a trial taking 60 s on average: half a trial's time.
+    assert basis.tail == pytest.approx(0.5) and basis.fixed_seconds == 30
     plan = Plan(trials=20, concurrent=4, epochs=4, meter=Meter("gpu", 1.0, 2.0), basis=basis)
     assert plan.trial_seconds == 20 * 4 * 0.75 * 20  # 1200 s
-    assert plan.wall_seconds == pytest.approx(1200 / 4 * 1.1 + 30)
+    assert plan.trial_wall == 4 * 0.75 * 20  # 60 s
+    assert plan.wall_seconds == pytest.approx(1200 / 4 + 0.5 * 60 + 30)
     assert plan.spend() == {"gpu_hours": pytest.approx(1200 / 3600), "cost": pytest.approx(2 / 3)}
     spec = load_spec(SPECS / "trigger_tiny.yaml")
     text = render_plan(spec, plan, "checked nothing")
@@ -49,10 +51,10 @@ def test_fewer_gpus_run_fewer_trials_at_once() -> None:
 
 def test_past_errors_predict_each_sweep_from_the_one_before() -> None:
     twice = {**RECORD, "trials": 20.0, "epochs": 60.0, "trial_seconds": 1200.0}
-    twice |= {"trials_phase": 660.0, "wall": 690.0}
+    twice |= {"trials_phase": 630.0, "wall": 660.0}  # 1200 / 2 + half of a 60 s trial
     assert past_errors([("a", RECORD), ("b", twice)]) == [pytest.approx(0.0)]
     slower = {**twice, "wall": 600.0}
-    assert past_errors([("a", RECORD), ("b", slower)]) == [pytest.approx(0.15)]
+    assert past_errors([("a", RECORD), ("b", slower)]) == [pytest.approx(0.1)]
 
 
 @pytest.mark.slow
