@@ -108,6 +108,10 @@ def register_winner(
         heldout_fingerprint=task.heldout_fingerprint(),
     )
     reported = set(task.metric_names())
+    # The input example: held-out questions (a chat case may end on a tool's result instead).
+    questions = [
+        c.messages[-1]["content"] for c in task.eval_cases() if c.messages[-1]["role"] == "user"
+    ]
     package = ModelPackage(
         base_dir=Path(base) if tiny else None,
         config={
@@ -119,7 +123,8 @@ def register_winner(
             "task": spec.task.kind,
         },
         metrics={k: v for k, v in winner.metrics.items() if k in reported or k == "epoch"},
-        example=tuple(c.messages[-1]["content"] for c in task.eval_cases()[:2]),
+        example=tuple(questions[:2]) or ModelPackage.example,
+        task_config=task.serving_config(),
     )
     staging = Path(tempfile.mkdtemp(prefix="ftray-adapter-"))
     try:

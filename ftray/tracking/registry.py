@@ -57,6 +57,9 @@ class ModelPackage:
     """The winning trial's last metrics, shown on the version."""
     example: tuple[str, ...] = ("What is the capital of France?",)
     """An input example: prompts the model answers."""
+    task_config: dict[str, Any] = field(default_factory=dict)
+    """What the task serves with besides the weights (`Task.serving_config`: a chat task's
+    tools), stored as JSON in the model."""
 
 
 @dataclass(frozen=True)
@@ -146,6 +149,7 @@ def _create_version(
         package.base_dir,
         {"max_new_tokens": 64, "batch_size": 16, "load_in_4bit": True, **package.config},
         list(package.example),
+        package.task_config,
     )
     try:
         client.create_registered_model(name, description="LoRA adapters registered by ftray sweeps")
