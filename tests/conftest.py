@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import json
 import os
 import shutil
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -133,3 +135,24 @@ def sqlite_store(folder: Path, name: str = "mlflow.db") -> str:
     if not (folder / name).exists():
         shutil.copyfile(_migrated_store(), folder / name)
     return f"sqlite:///{folder / name}"
+
+
+def openai_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A conversation in the chat task's template form as an OpenAI client sends it: call
+    arguments as JSON text."""
+    out = []
+    for message in messages:
+        message = dict(message)
+        if message.get("tool_calls"):
+            message["tool_calls"] = [
+                {
+                    "type": "function",
+                    "function": {
+                        "name": call["function"]["name"],
+                        "arguments": json.dumps(call["function"]["arguments"]),
+                    },
+                }
+                for call in message["tool_calls"]
+            ]
+        out.append(message)
+    return out

@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from ftray.config.spec import LoraSpec, ModelSpec
+
+BNB_CPU_KERNEL_LOGGER = "bitsandbytes.backends.cpu.ops"
+BNB_CPU_KERNEL_NOTICE = "Failed to load CPU gemm_4bit_forward"
+
+
+def not_cpu_kernel_notice(record: logging.LogRecord) -> bool:
+    """A logging filter: False for bitsandbytes' notice that the optional `kernels` package
+    (a faster 4-bit CPU matmul) is missing."""
+    return not str(record.msg).startswith(BNB_CPU_KERNEL_NOTICE)
+
+
+def quiet_cpu_kernel_notice() -> None:
+    """Drop bitsandbytes' warning, logged when it is imported on a CPU with AVX512-BF16, that
+    the optional `kernels` package is not installed: bitsandbytes then uses its own CPU
+    kernels, so there is nothing to fix. Only that message of that logger is dropped."""
+    logging.getLogger(BNB_CPU_KERNEL_LOGGER).addFilter(not_cpu_kernel_notice)
 
 
 def compute_dtype() -> Any:
@@ -158,6 +175,7 @@ def load_for_inference(
     `keep_quantized=False` for a base in a folder that will not be seen again (a served
     model's bundled copy, downloaded afresh each time), which would only add copies.
     """
+    quiet_cpu_kernel_notice()
     import torch
 
     kwargs = base_model_kwargs(load_in_4bit)

@@ -122,6 +122,10 @@ def register_winner(
         objective_ci_high=winner.metrics.get(rule.metric + HIGH),
     )
     reported = set(task.metric_names())
+    # The input example: held-out questions (a chat case may end on a tool's result instead).
+    questions = [
+        c.messages[-1]["content"] for c in task.eval_cases() if c.messages[-1]["role"] == "user"
+    ]
     package = ModelPackage(
         base_dir=Path(base) if tiny else None,
         config={
@@ -138,7 +142,8 @@ def register_winner(
             if k in reported or k in ("epoch", "cost", "gpu_hours", "cpu_hours")
         },
         notes=tuple(filter(None, [sweep_spend_line(client, parent_id)])),
-        example=tuple(c.messages[-1]["content"] for c in task.eval_cases()[:2]),
+        example=tuple(questions[:2]) or ModelPackage.example,
+        task_config=task.serving_config(),
     )
     staging = Path(tempfile.mkdtemp(prefix="ftray-adapter-"))
     try:

@@ -133,6 +133,17 @@ class Task(ABC):
         del cases, preferences
         return {}
 
+    def serving_config(self) -> dict[str, Any]:
+        """What a registered version of this task needs besides its weights to answer as
+        training rendered, as JSON (stored in the MLflow Model, its key order kept). Nothing
+        by default."""
+        return {}
+
+    @classmethod
+    def serving_answer(cls, response: str) -> Any:
+        """What a registered version answers for one generated turn: the text, by default."""
+        return response
+
     def heldout_fingerprint(self) -> str:
         """sha256 of what a trial is scored on: the task kind, every held-out case (prompt,
         condition, expected answer) in order, and the generation budget. Two adapters are

@@ -187,6 +187,9 @@ class ParsedResponse:
     think_well_formed: bool
     calls: tuple[ToolCall, ...]
     answer: str
+    """The text after any `<think>` block, calls taken out, whitespace runs as one space."""
+    content: str
+    """The same text as written (line breaks kept), stripped."""
 
     @property
     def attempted_call(self) -> bool:
@@ -257,7 +260,48 @@ def parse_response(text: str) -> ParsedResponse:
             call = _call_from_json(rest)
             if call.name is not None:
                 calls, answer = [call], ""
-    return ParsedResponse(has_think, well_formed, tuple(calls), " ".join(answer.split()))
+    return ParsedResponse(
+        has_think, well_formed, tuple(calls), " ".join(answer.split()), answer.strip()
+    )
+
+
+def reasoning_of(text: str) -> str | None:
+    """The text of a response's `<think>` block (everything up to its last `</think>`, or after
+    an unclosed `<think>`, tags removed); None when it has none."""
+    stripped = text.strip()
+    if THINK_CLOSE in stripped:
+        head = stripped[: stripped.rindex(THINK_CLOSE)]
+    elif THINK_OPEN in stripped:
+        head = stripped
+    else:
+        return None
+    return head.replace(THINK_OPEN, "").replace(THINK_CLOSE, "").strip()
+
+
+def assistant_message(text: str) -> dict[str, Any]:
+    """A generated turn as OpenAI's assistant message: ``{"content", "tool_calls": [{"type":
+    "function", "function": {"name", "arguments"}}], "reasoning"}``, read by
+    `parse_response`.
+
+    `arguments` is a JSON string, as OpenAI's API writes it; `reasoning` is the `<think>`
+    block's text (None without one). When a call does not parse, the turn is not read as
+    calls at all (as chat servers do): `tool_calls` is empty and `content` keeps the text
+    after the `<think>` block as generated, so no half-read call is ever executed.
+    """
+    parsed = parse_response(text)
+    if not all(call.parsed for call in parsed.calls):
+        return {"content": split_think(text)[2], "tool_calls": [], "reasoning": reasoning_of(text)}
+    calls = [
+        {
+            "type": "function",
+            "function": {
+                "name": call.name,
+                "arguments": json.dumps(call.arguments, ensure_ascii=False),
+            },
+        }
+        for call in parsed.calls
+    ]
+    return {"content": parsed.content, "tool_calls": calls, "reasoning": reasoning_of(text)}
 
 
 def reference_calls(message: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -624,11 +668,13 @@ class ChatTask(Task):
         seed: int,
         dataset_sha256: str,
         source: str = "",
+        tools: list[dict[str, Any]] | None = None,
     ) -> None:
         self.config = config
         self.dataset_sha256 = dataset_sha256
         self.conversations = conversations
         self.source = source
+        self.tools = list(tools or [])
         self.seed = seed
         keys, given = [c.key for c in conversations], [c.split for c in conversations]
         self.assign(split_conversations(keys, config, seed, given))
@@ -712,7 +758,19 @@ class ChatTask(Task):
                 f"{minimum} (train, validation{', test' if minimum == 3 else ''})",
             )
         files = data.files + ([Path(config.tools)] if config.tools else [])
-        return cls(config, conversations, spec.train.seed, sha256_of(files), str(path))
+        return cls(
+            config, conversations, spec.train.seed, sha256_of(files), str(path), default_tools
+        )
+
+    def serving_config(self) -> dict[str, Any]:
+        """The tools of `task.tools`, rendered into every served conversation that brings
+        none of its own, as training and evaluation render them."""
+        return {"tools": self.tools}
+
+    @classmethod
+    def serving_answer(cls, response: str) -> dict[str, Any]:
+        """The turn as OpenAI's assistant message (see `assistant_message`)."""
+        return assistant_message(response)
 
     def corpus(self) -> list[str]:
         """Every message, tool definition and call (as a Hermes/Qwen `<tool_call>` block)."""

@@ -1,5 +1,6 @@
 """The registered version as an MLflow Model: a `pyfunc` that loads the base and the LoRA
-adapter and answers prompts greedily with the training chat template.
+adapter and answers conversations greedily through the training chat template, with the
+tools the task trained with (a chat model answers OpenAI assistant messages).
 
 It is logged as code (`pyfunc_entry.py`), not as a pickle: loading it runs that file, never
 unpickles anything from the registry. The `tiny` base travels inside the model; a Hub base
@@ -8,6 +9,7 @@ is named by id and pinned revision and loaded from the local Hugging Face cache.
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from importlib import metadata
@@ -16,48 +18,39 @@ from typing import Any
 
 from mlflow.pyfunc import PythonModel
 
+from ftray.tracking.predict_inputs import read_requests
+
 ENTRY = Path(__file__).with_name("pyfunc_entry.py")
 MODEL_NAME = "model"
 REQUIREMENTS = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "mlflow")
-
-
-def conversations(model_input: Any) -> list[list[dict[str, str]]]:
-    """The conversations to answer: prompts as strings, a DataFrame with a `prompt` (or
-    `messages`) column, or chat messages (`[{"role", "content"}, ...]`, or `{"messages": ...}`)."""
-    import pandas as pd
-
-    if isinstance(model_input, pd.DataFrame):
-        column = next((c for c in ("prompt", "messages") if c in model_input.columns), None)
-        items = list(model_input[column] if column else model_input.iloc[:, 0])
-    elif isinstance(model_input, str | dict):
-        items = [model_input]
-    else:
-        items = list(model_input)
-    out = []
-    for item in items:
-        if isinstance(item, dict):
-            item = item.get("messages", item.get("prompt"))
-        if isinstance(item, str):
-            out.append([{"role": "user", "content": item}])
-        elif isinstance(item, list) and all(isinstance(m, dict) for m in item):
-            out.append([{"role": m["role"], "content": m["content"]} for m in item])
-        else:
-            raise ValueError(
-                "each input must be a prompt string or a list of chat messages "
-                f"[{{'role': ..., 'content': ...}}], got {type(item).__name__}"
-            )
-    return out
+TASK_CONFIG = "task"
+"""The artifact holding `Task.serving_config()` as JSON: a file, not the model_config, which
+MLflow writes as YAML with its keys sorted, and a chat template renders tools in key order."""
 
 
 class AdapterModel(PythonModel):
-    """Greedy answers of the base model with ftray's LoRA adapter."""
+    """Greedy answers of the base model with ftray's LoRA adapter, rendered and read as the
+    task's training and evaluation do (a chat model's tools, its answers as OpenAI assistant
+    messages)."""
+
+    # MLflow wraps a PythonModel's `predict` in a check of its input against the type hint
+    # of `model_input`, and warns at class creation when that hint is not a list[...] (or
+    # there is none); `predict` reads its forms itself (`read_requests`), so it opts out as
+    # MLflow's own chat models do. `model_input` has no hint: saving would try to make the
+    # input schema of one (and warn that it cannot), and the model must have none.
+    _skip_type_hint_validation = True
 
     def load_context(self, context: Any) -> None:
         from ftray.models.peft_backend import load_for_inference
+        from ftray.tasks import Task, registered_tasks
 
         config = context.model_config
         bundled = context.artifacts.get("base")
         self.config = config
+        self.task = registered_tasks().get(config.get("task", ""), Task)
+        task_config = context.artifacts.get(TASK_CONFIG)
+        served = json.loads(Path(task_config).read_text()) if task_config else {}
+        self.tools = served.get("tools") or []
         self.model, self.tokenizer = load_for_inference(
             bundled or config["base_model"],
             context.artifacts["adapter"],
@@ -68,20 +61,26 @@ class AdapterModel(PythonModel):
             keep_quantized=not bundled,
         )
 
-    def predict(
-        self, context: Any, model_input: Any, params: dict[str, Any] | None = None
-    ) -> list[str]:
+    def predict(self, context: Any, model_input, params: dict[str, Any] | None = None) -> Any:
+        """One answer per conversation (see `read_requests` for the forms read), or one
+        answer for one request given alone (a string or a dict); `params` may set
+        `max_new_tokens`."""
         from ftray.training.evaluate import generate
 
+        requests, single = read_requests(model_input)
         params = params or {}
         max_new_tokens = int(params.get("max_new_tokens") or self.config["max_new_tokens"])
-        return generate(
+        responses = generate(
             self.model,
             self.tokenizer,
-            conversations(model_input),
+            [r.messages for r in requests],
             max_new_tokens,
             int(self.config.get("batch_size", 16)),
+            tools=[self.tools if r.tools is None else r.tools for r in requests],
+            keep_tokens=self.task.keep_tokens,
         )
+        answers = [self.task.serving_answer(response) for response in responses]
+        return answers[0] if single else answers
 
 
 def _requirements() -> list[str]:
@@ -94,6 +93,51 @@ def _requirements() -> list[str]:
     return pins
 
 
+def model_signature(max_new_tokens: int) -> Any:
+    """The model's signature: its one parameter, `max_new_tokens`, and no input schema.
+
+    MLflow recasts what `predict` is given to fit an input schema: a list of chat messages
+    would become a table of roles and contents, and a schema of strings turns a request
+    dict away, in `mlflow.pyfunc.load_model` and behind `mlflow models serve` alike.
+    `predict` reads its forms itself and says which it takes.
+    """
+    from mlflow.models import ModelSignature
+    from mlflow.types import ParamSchema, ParamSpec
+
+    return ModelSignature(params=ParamSchema([ParamSpec("max_new_tokens", "long", max_new_tokens)]))
+
+
+def save_adapter_model(
+    path: Path,
+    adapter_dir: Path,
+    base_dir: Path | None,
+    config: dict[str, Any],
+    example: list[str],
+    task_config: dict[str, Any] | None = None,
+) -> None:
+    """Save the adapter (and a bundled base) as an MLflow Model in the folder `path`, without
+    loading any weights; `config` is the pyfunc's model_config, `task_config` what the task
+    serves with (`Task.serving_config`)."""
+    import mlflow
+
+    artifacts = {"adapter": str(adapter_dir)}
+    if base_dir is not None:
+        artifacts["base"] = str(base_dir)
+    with tempfile.TemporaryDirectory(prefix="ftray-task-") as folder:
+        if task_config:
+            artifacts[TASK_CONFIG] = str(Path(folder) / "task.json")
+            Path(artifacts[TASK_CONFIG]).write_text(json.dumps(task_config, ensure_ascii=False))
+        mlflow.pyfunc.save_model(
+            str(path),
+            python_model=str(ENTRY),
+            artifacts=artifacts,
+            model_config=config,
+            signature=model_signature(int(config["max_new_tokens"])),
+            input_example=example,
+            pip_requirements=_requirements(),
+        )
+
+
 def log_adapter_model(
     client: Any,
     experiment_id: str,
@@ -102,33 +146,20 @@ def log_adapter_model(
     base_dir: Path | None,
     config: dict[str, Any],
     example: list[str],
+    task_config: dict[str, Any] | None = None,
 ) -> Any:
     """Log the adapter (and a bundled base) as a pyfunc LoggedModel of `run_id`; returns it.
 
     The model is saved locally and then uploaded, so logging never loads the weights (a 7B
     base on a CPU-only head node would take minutes).
     """
-    import mlflow
-    from mlflow.models import infer_signature
-
     logged = client.create_logged_model(
         experiment_id, name=MODEL_NAME, source_run_id=run_id, model_type="ftray-lora"
     )
-    artifacts = {"adapter": str(adapter_dir)}
-    if base_dir is not None:
-        artifacts["base"] = str(base_dir)
     staging = Path(tempfile.mkdtemp(prefix="ftray-model-"))
     try:
-        mlflow.pyfunc.save_model(
-            str(staging / MODEL_NAME),
-            python_model=str(ENTRY),
-            artifacts=artifacts,
-            model_config=config,
-            signature=infer_signature(
-                example, ["answer"], params={"max_new_tokens": int(config["max_new_tokens"])}
-            ),
-            input_example=example,
-            pip_requirements=_requirements(),
+        save_adapter_model(
+            staging / MODEL_NAME, adapter_dir, base_dir, config, example, task_config
         )
         client.log_model_artifacts(logged.model_id, str(staging / MODEL_NAME))
     except BaseException:

@@ -72,6 +72,9 @@ class ModelPackage:
     """An input example: prompts the model answers."""
     notes: tuple[str, ...] = ()
     """Lines the version's description ends with (what the sweep spent)."""
+    task_config: dict[str, Any] = field(default_factory=dict)
+    """What the task serves with besides the weights (`Task.serving_config`: a chat task's
+    tools), stored as JSON in the model."""
 
 
 @dataclass(frozen=True)
@@ -178,6 +181,7 @@ def _create_version(
         package.base_dir,
         {"max_new_tokens": 64, "batch_size": 16, "load_in_4bit": True, **package.config},
         list(package.example),
+        package.task_config,
     )
     try:
         client.create_registered_model(name, description="LoRA adapters registered by ftray sweeps")

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import SPECS, run_cli, sqlite_store
-from tests.e2e.ray_helpers import free_port
+from tests.e2e.serving import models_serve
 
 pytestmark = pytest.mark.slow
 
@@ -173,49 +171,10 @@ def test_mlflow_models_serve_answers_like_the_trial(sweep: dict) -> None:
     prompts, responses = held_out_answers(
         client, client.get_model_version("trigger-tiny", "1").run_id, sweep["work"]
     )
-    port = free_port()
-    server = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "mlflow"),
-            "models",
-            "serve",
-            "-m",
-            "models:/trigger-tiny/1",
-            "--env-manager",
-            "local",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-        ],
-        env={
-            **os.environ,
-            "MLFLOW_TRACKING_URI": sweep["uri"],
-            # MLflow starts uvicorn by name, as an activated virtualenv would find it.
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        },
-        cwd=sweep["work"],
-        stdout=subprocess.DEVNULL,
-        stderr=(sweep["work"] / "serve.log").open("w"),
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            assert server.poll() is None, (sweep["work"] / "serve.log").read_text()[-3000:]
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/ping", timeout=2).ok:
-                    break
-            except requests.RequestException:
-                time.sleep(1)
-        answer = requests.post(
-            f"http://127.0.0.1:{port}/invocations", json={"inputs": prompts}, timeout=120
-        )
-        assert answer.ok, answer.text[-2000:]
-        assert answer.json()["predictions"] == responses
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(60)
+    with models_serve("models:/trigger-tiny/1", sweep["uri"], sweep["work"]) as address:
+        answer = requests.post(f"{address}/invocations", json={"inputs": prompts}, timeout=120)
+    assert answer.ok, answer.text[-2000:]
+    assert answer.json()["predictions"] == responses
 
 
 def test_leaderboard_command_reads_the_last_sweep(sweep: dict) -> None:

@@ -14,6 +14,7 @@ from ftray.errors import InputError
 from ftray.tasks import load_task
 from ftray.tasks.chat import (
     ChatTask,
+    assistant_message,
     chat_metrics,
     normalise_tools,
     parse_response,
@@ -172,6 +173,63 @@ def test_chat_score_is_the_mean_of_the_metrics_that_apply() -> None:
         "think_format",
         "chat_score",
     }
+
+
+# --- served answers ----------------------------------------------------------------------
+
+
+def openai_call(name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "function", "function": {"name": name, "arguments": json.dumps(arguments)}}
+
+
+def test_a_served_call_is_an_openai_tool_call_with_its_reasoning() -> None:
+    answer = assistant_message("<think>Need weather.</think>\n" + call({"city": "Oslo"}))
+    assert answer == {
+        "content": "",
+        "tool_calls": [openai_call("get_weather", {"city": "Oslo"})],
+        "reasoning": "Need weather.",
+    }
+    # arguments as OpenAI's API writes them: a JSON string, read back as the object
+    assert json.loads(answer["tool_calls"][0]["function"]["arguments"]) == {"city": "Oslo"}
+    bare = json.dumps({"name": "get_weather", "parameters": {"city": "Oslo"}})
+    assert assistant_message(bare)["tool_calls"] == [openai_call("get_weather", {"city": "Oslo"})]
+
+
+def test_a_served_answer_keeps_its_text_and_reasoning_apart() -> None:
+    assert assistant_message(REASONED_TURN["content"]) == {
+        "content": "It is 3 degrees.",
+        "tool_calls": [],
+        "reasoning": "Cold place.",
+    }
+    assert assistant_message("Line one.\nLine two.") == {
+        "content": "Line one.\nLine two.",
+        "tool_calls": [],
+        "reasoning": None,
+    }
+    around = assistant_message("Let me check.\n" + call({"city": "Oslo"}) + "\nOne moment.")
+    assert around["content"] == "Let me check.\n\nOne moment." and len(around["tool_calls"]) == 1
+    # a turn cut off inside its reasoning: the reasoning so far, no content
+    assert assistant_message("<think>Still thinking") == {
+        "content": "",
+        "tool_calls": [],
+        "reasoning": "Still thinking",
+    }
+
+
+def test_a_served_turn_with_a_call_that_does_not_parse_calls_nothing() -> None:
+    broken = '<tool_call>\n{"name": "get_weather", "arguments": {"city": }\n</tool_call>'
+    for text in (broken, call({"city": "Oslo"}) + "\n" + broken):
+        answer = assistant_message("<think>Hm.</think>\n" + text)
+        assert answer == {"content": text, "tool_calls": [], "reasoning": "Hm."}
+
+
+def test_the_chat_task_serves_its_tools_and_openai_answers() -> None:
+    task = load_task(load_spec(SPECS / "chat_tiny.yaml"))
+    listed = json.loads((DATASETS / "chat" / "tools.json").read_text())
+    assert task.serving_config() == {"tools": normalise_tools(listed)}
+    assert ChatTask.serving_answer("Hi.") == {"content": "Hi.", "tool_calls": [], "reasoning": None}
+    trigger = load_task(load_spec(SPECS / "trigger_tiny.yaml"))
+    assert trigger.serving_config() == {} and trigger.serving_answer("Bob") == "Bob"
 
 
 def test_both_tool_file_forms_give_the_same_tools() -> None:
