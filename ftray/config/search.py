@@ -316,6 +316,15 @@ class BudgetSpec(Frozen):
         return f"{self.limit:g} {self.kind.replace('_', '-')}"
 
 
+class ConfirmSpec(Frozen):
+    """After the search, the `top_k` best distinct configurations train again with `seeds`
+    new run seeds each (`train.run_seed`), as trials of the same sweep; the winner is the
+    configuration with the best mean over its seeds, the search's trial included."""
+
+    top_k: Int = Field(default=2, ge=1)
+    seeds: Int = Field(default=2, ge=1)
+
+
 class SearchSpec(Frozen):
     """What the sweep optimises, which trial it registers, and over which space.
 
@@ -344,6 +353,7 @@ class SearchSpec(Frozen):
     nodes); then the sweep stops and fails."""
     space: dict[str, Distribution] = Field(default_factory=dict)
     budget: BudgetSpec | None = None
+    confirm: ConfirmSpec | None = None
 
     @model_validator(mode="after")
     def _one_way_to_name_objectives(self) -> SearchSpec:

@@ -106,6 +106,14 @@ class TrainSpec(Frozen):
     batch_size: Int = Field(default=8, ge=1)
     gradient_accumulation_steps: Int = Field(default=1, ge=1)
     seed: Int = 0
+    run_seed: Int | None = None
+    """The seed of training's own randomness (LoRA's initialisation, the order of the rows);
+    unset, `seed`. The held-out split and the data's mix stay on `seed`: the confirmation
+    trials of `search.confirm` train with new run seeds on the same held-out prompts."""
+
+    @property
+    def training_seed(self) -> int:
+        return self.seed if self.run_seed is None else self.run_seed
 
 
 class ResourcesSpec(Frozen):

@@ -139,7 +139,8 @@ def register_winner(
         metrics={
             k: v
             for k, v in winner.metrics.items()
-            if k in reported or k in ("epoch", "cost", "gpu_hours", "cpu_hours")
+            if k.removesuffix("_sd").removesuffix("_seeds") in reported
+            or k in ("epoch", "cost", "gpu_hours", "cpu_hours")
         },
         notes=tuple(filter(None, [sweep_spend_line(client, parent_id)])),
         example=tuple(questions[:2]) or ModelPackage.example,

@@ -18,6 +18,13 @@ from ftray.errors import InputError
 from ftray.log import get_logger, library_prints_to_debug, quiet_library_logs
 from ftray.sweep.budget import Budget, BudgetStopper
 from ftray.sweep.callback import RecordTrials
+from ftray.sweep.confirm import (
+    PHASE_CONFIRM,
+    candidates,
+    confirmation_configs,
+    confirmed_winner,
+    groups_of,
+)
 from ftray.sweep.lease import Lease
 from ftray.sweep.objectives import TrialOutcome, choose_winner, pareto_front, ranked
 from ftray.sweep.pending import PendingTimeout, PendingWatch, trial_resources, warn_if_unavailable
@@ -45,6 +52,7 @@ from ftray.tracking.store import (
     store_in_ray_job_warning,
 )
 from ftray.tracking.tags import (
+    CONFIRMED,
     DATASET_SHA256,
     EXPERIMENT_KIND,
     MODEL_TRAINING_KIND,
@@ -235,6 +243,58 @@ def build_tuner(
             verbose=0,
         ),
     )
+
+
+def json_key(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def run_confirmation(
+    spec: Spec,
+    parent_id: str,
+    storage_root: str,
+    experiment_path: str,
+    split: dict[str, Any] | None,
+    configs: list[dict[str, Any]],
+) -> Any:
+    """The confirmation trials (`search.confirm`): each of `configs` once, as a Tune
+    experiment beside the search's (`<its name>-confirm`), recorded under the same parent run.
+    An interrupted confirmation runs again, whole, on --resume."""
+    from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    assert spec.search is not None
+    # Tune takes preset points only for keys its space has: each key with the values given.
+    keys = list(dict.fromkeys(k for config in configs for k in config))
+    space = {
+        k: tune.choice(list({json_key(c[k]): c[k] for c in configs if k in c}.values()))
+        for k in keys
+    }
+    tuner = tune.Tuner(
+        make_trainable_for(spec, split=split),
+        param_space=space,
+        tune_config=tune.TuneConfig(
+            search_alg=BasicVariantGenerator(points_to_evaluate=configs),
+            num_samples=len(configs),
+            max_concurrent_trials=spec.search.max_concurrent_trials,
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=experiment_path.rsplit("/", 1)[1] + "-confirm",
+            storage_path=storage_root,
+            callbacks=[
+                RecordTrials(parent_id, storage_root),
+                CSVLoggerCallback(),
+                JsonLoggerCallback(),
+            ],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
+            verbose=0,
+        ),
+    )
+    with library_prints_to_debug():
+        return tuner.fit()
 
 
 def restore_tuner(
@@ -639,6 +699,29 @@ def run_sweep(
         if len(terminal) < search.num_trials and not stopped_by_budget:
             status = "KILLED"
             raise SweepInterrupted(experiment_path)
+        confirmed: TrialOutcome | None = None
+        if search.confirm is not None and not stopped_by_budget:
+            mark = time.monotonic()
+            chosen = candidates(spec, outcomes)
+            configs = confirmation_configs(spec, chosen)
+            log.info(
+                f"confirming the {len(chosen)} best configuration(s) with "
+                f"{search.confirm.seeds} new seed(s) each: {len(configs)} trials"
+            )
+            recorder.phase = PHASE_CONFIRM
+            confirm_grid = run_confirmation(
+                spec, parent_id, storage_root, experiment_path, split, configs
+            )
+            recorder.flush()
+            extra = collect_outcomes(spec, confirm_grid, recorder)
+            if sum(o.status.finished or o.status is TrialStatus.FAILED for o in extra) < len(
+                configs
+            ):
+                status = "KILLED"
+                raise SweepInterrupted(experiment_path)
+            confirmed = confirmed_winner(spec, groups_of(chosen, extra))
+            outcomes = outcomes + extra
+            phases["confirm"] = time.monotonic() - mark
         tag_pareto_front(spec, client, outcomes)
         earlier = parent.data.metrics.get("wall_seconds", 0.0) if resume else 0.0
         summary = sweep_summary(spec, outcomes, earlier + time.monotonic() - started)
@@ -653,7 +736,18 @@ def run_sweep(
             )
         log_metrics(client, parent_id, summary, step=0)
         registration, reason = None, None
-        winner = choose_winner(outcomes, search.goals, search.selection)
+        if search.confirm is not None and confirmed is not None:
+            winner: TrialOutcome | None = confirmed
+            client.set_tag(parent_id, CONFIRMED, confirmed.trial_id)
+            shown = search.selection.metric
+            log.info(
+                f"confirmed: trial {confirmed.trial_id}'s configuration, mean {shown} "
+                f"{confirmed.metrics.get(shown, math.nan):.4g} (sd "
+                f"{confirmed.metrics.get(shown + '_sd', math.nan):.2g}) over "
+                f"{confirmed.metrics.get(shown + '_seeds', 0):g} trials"
+            )
+        else:
+            winner = choose_winner(outcomes, search.goals, search.selection)
         mark = time.monotonic()
         if winner is not None and not spec.registers:
             why = "simulated trials" if spec.model.simulated else "tracking.register is false"

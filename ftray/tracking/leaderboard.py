@@ -19,9 +19,11 @@ from ftray.tracking.ranking import rank_key, ranked_metrics
 from ftray.tracking.spend import describe_spend
 from ftray.tracking.store import child_runs, latest_sweep_run, step_sweep_run
 from ftray.tracking.tags import (
+    CONFIRMED,
     EACH_STEP_ROLE,
     OBJECTIVES,
     PARETO,
+    PHASE,
     PRUNE,
     ROLE,
     SELECT,
@@ -143,7 +145,10 @@ def leaderboard_rows(
             row[path] = run.data.params.get(path, "")
         row["run_id"] = run.info.run_id
         row["_error"] = run.data.tags.get(TRIAL_ERROR, "")
-        row["_key"] = rank_key(row["status"], metrics, row["trial"], goals, rule)
+        row["phase"] = run.data.tags.get(PHASE, "search")
+        # With search.confirm the registered trial won on its configuration's mean: first.
+        confirmed = row["trial"] == parent.data.tags.get(CONFIRMED)
+        row["_key"] = (not confirmed, *rank_key(row["status"], metrics, row["trial"], goals, rule))
         rows.append(row)
     return sorted(rows, key=lambda row: row["_key"])
 
@@ -200,10 +205,12 @@ def render_sweep(client: Any, spec: Spec, parent: Any) -> str:
     pareto = ["pareto"] if len(goals) > 1 else []
     prune = json.loads(parent.data.tags[PRUNE]) if PRUNE in parent.data.tags else None
     stopped = ["stopped"] if any(row["stopped"] for row in rows) else []
+    phase = ["phase"] if any(row["phase"] != "search" for row in rows) else []
     columns = [
         "rank",
         "trial",
         "status",
+        *phase,
         *metrics,
         *pareto,
         *last_metrics,
@@ -221,6 +228,12 @@ def render_sweep(client: Any, spec: Spec, parent: Any) -> str:
     if prune is not None:
         title += f"; {describe_pruning(prune)}"
     text = title + "\n" + format_table(rows, columns)
+    confirmed = parent.data.tags.get(CONFIRMED)
+    if confirmed:
+        text += (
+            f"\nconfirmed: trial {confirmed}'s configuration won on its mean over its seeds "
+            "(search.confirm); it is registered, so it comes first"
+        )
     spent = describe_spend(parent.data.metrics)
     if spent:
         text += f"\n{spent}"

@@ -34,6 +34,7 @@ from ftray.tracking.store import (
 )
 from ftray.tracking.tags import (
     PARENT_RUN_ID,
+    PHASE,
     PLACEMENT,
     RETRIES,
     ROLE,
@@ -180,6 +181,8 @@ class SweepRecorder:
         self.spec = spec
         self.client = MlflowClient(uri)
         self.records: dict[str, TrialRecord] = {}
+        self.phase: str | None = None
+        """Set to `confirm` while the confirmation trials run: their runs are tagged so."""
         self.meter = Meter.of(spec)
         self.writer = RunWriter()
         self._live[parent_run_id] = self
@@ -265,6 +268,7 @@ class SweepRecorder:
                     TRIAL_ID: trial_id,
                     ROLE: "trial",
                     TRIAL_STATUS: TrialStatus.RUNNING.value,
+                    **({PHASE: self.phase} if self.phase else {}),
                 },
             )
             self.writer.submit(

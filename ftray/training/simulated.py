@@ -269,7 +269,7 @@ def simulate_trial(
     model = load_curves(simulation.curves)
     values = flatten(spec)
     config = {dim: values.get(dim) for dim in model.space}
-    seed = spec.train.seed
+    seed = spec.train.training_seed
     curve = model.curve(config, seed)
     if spec.train.epochs > len(curve):
         raise CurvesProblem(

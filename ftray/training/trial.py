@@ -140,8 +140,8 @@ def sft_config(spec: Spec, output_dir: Path) -> Any:
         # Log a NaN/inf step loss as it is (the default hides it), so divergence fails the trial.
         logging_nan_inf_filter=False,
         report_to="none",
-        seed=spec.train.seed,
-        data_seed=spec.train.seed,
+        seed=spec.train.training_seed,
+        data_seed=spec.train.training_seed,
         use_cpu=not on_gpu,
         bf16=on_gpu and torch.cuda.is_bf16_supported(),
         disable_tqdm=True,
@@ -160,7 +160,7 @@ def build_trainer(
     # backend loads quietly (no progress bars, no bitsandbytes kernel notice).
     if backend.name != "unsloth":
         quiet_libraries()
-    model, tokenizer = backend.load(base, spec.model, spec.lora, spec.train.seed)
+    model, tokenizer = backend.load(base, spec.model, spec.lora, spec.train.training_seed)
     quiet_libraries()
     check_answer_lengths(task, tokenizer, spec.model.max_seq_length)
     from transformers import PrinterCallback
