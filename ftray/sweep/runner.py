@@ -457,7 +457,7 @@ def spend_summary(
         else None
     )
     spends = [
-        (o.status.value, recorder.records[o.trial_id].spend)
+        (recorder.records[o.trial_id].phase or o.status.value, recorder.records[o.trial_id].spend)
         for o in outcomes
         if o.trial_id in recorder.records
     ]

@@ -137,6 +137,8 @@ class TrialRecord:
     retries: int = 0
     node_losses: int = 0
     """Retries after the trial's worker became unreachable (its node went away)."""
+    phase: str | None = None
+    """`confirm` for a confirmation trial (search.confirm)."""
     spend: TrialSpend = field(default_factory=TrialSpend)
     """The trial's wall time as reported, for its GPU-hours and the sweep's."""
     history: dict[int, dict[str, float]] = field(default_factory=dict)
@@ -232,7 +234,7 @@ class SweepRecorder:
                 self.client.set_terminated(run.info.run_id, "KILLED")
                 status, orphans = TrialStatus.KILLED, orphans + 1
             planned = int(run.data.params.get("train.epochs", self.spec.train.epochs))
-            record = TrialRecord(run.info.run_id, planned, status)
+            record = TrialRecord(run.info.run_id, planned, status, phase=run.data.tags.get(PHASE))
             if status.finished:
                 record.last_result = dict(run.data.metrics)
             # The spend the previous driver logged (its trials' wall time), for the sums.
@@ -275,7 +277,7 @@ class SweepRecorder:
                 log_params, self.client, run.info.run_id, trial_params(self.spec, config)
             )
             planned = self.spec.with_values(config).train.epochs
-            record = TrialRecord(run.info.run_id, planned)
+            record = TrialRecord(run.info.run_id, planned, phase=self.phase)
             self.records[trial_id] = record
             shown = ", ".join(f"{k}={_short(v)}" for k, v in config.items())
             log.info(f"trial {trial_id} started: {shown}")

@@ -110,7 +110,7 @@ def sweep_spend(
     best: tuple[str, float, str] | None,
 ) -> dict[str, float]:
     """The parent run's spend: `<unit>_hours` and `cost` in total and per status
-    (`<unit>_hours_completed`, ...), and `<unit>_hours_to_best` when `best` (metric, final
+    (`<unit>_hours_completed`, ...; confirmation trials as `_confirm`), and `<unit>_hours_to_best` when `best` (metric, final
     best value, mode) was reached."""
     trials = list(by_status)
     hours = meter.hours_metric
@@ -139,7 +139,7 @@ def describe_spend(metrics: dict[str, float]) -> str | None:
     hours = f"{unit}_hours"
     parts = [
         f"{status} {metrics[f'{hours}_{status}']:.3g}"
-        for status in ("completed", "pruned", "failed", "killed")
+        for status in ("completed", "pruned", "failed", "killed", "confirm")
         if metrics.get(f"{hours}_{status}")
     ]
     text = f"spent {metrics[hours]:.3g} {unit.upper()}-hours"

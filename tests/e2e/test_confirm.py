@@ -59,3 +59,7 @@ def test_confirmation_trials_and_a_winner_by_its_mean(tmp_path: Path) -> None:
     assert lines[3].split()[1] == winner_trial, result.stdout
     assert "confirm" in lines[0] or "phase" in lines[1], result.stdout
     assert f"confirmed: trial {winner_trial}'s configuration won on its mean" in result.stdout
+    spent = parent.data.metrics
+    assert spent["cpu_hours_confirm"] > 0 and spent["cpu_hours_completed"] > 0
+    total = sum(r.data.metrics["cpu_hours"] for r in runs)
+    assert spent["cpu_hours"] == pytest.approx(total, rel=1e-6)
