@@ -380,6 +380,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         push_to_hub=args.push_to_hub,
         force=args.force,
+        max_drop=args.max_drop,
     )
     check_request(request)  # bad arguments exit 2 before MLflow or torch is imported
 
@@ -529,6 +530,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="also upload the folder to this Hugging Face Hub repo (token from HF_TOKEN)",
     )
     export.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    export.add_argument(
+        "--max-drop",
+        type=float,
+        default=0.05,
+        help="exit 1 when a behaviour metric of the exported model, re-measured on the "
+        "held-out prompts, falls more than this below the adapter's (default 0.05)",
+    )
     _add_tracking_uri_arg(export)
     export.set_defaults(func=cmd_export)
     return parser

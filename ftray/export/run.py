@@ -36,6 +36,8 @@ class ExportRequest:
     dtype: str = "auto"
     push_to_hub: str | None = None
     force: bool = False
+    max_drop: float = 0.05
+    """How far a behaviour metric of the export may fall below the adapter's (exit 1 beyond)."""
 
     @property
     def quantization(self) -> str | None:
@@ -64,6 +66,8 @@ def check_request(request: ExportRequest) -> None:
         from ftray.export.gguf import check_quant
 
         check_quant(request.quant)
+    if not 0 <= request.max_drop <= 1:
+        raise InputError.at("--max-drop", None, f"{request.max_drop:g} is not between 0 and 1")
     if request.dtype not in DTYPES:
         raise InputError.at("--dtype", None, f"'{request.dtype}' is not one of {DTYPES}")
     out = request.out
@@ -155,6 +159,50 @@ def _write(request: ExportRequest, source: Any, staging: Path, work: Path) -> di
     return details
 
 
+def _recheck(
+    request: ExportRequest, client: Any, source: Any, staging: Path, work: Path
+) -> Any | None:
+    """The behaviour suite on the merged model the export wrote (or converted from); None
+    for an adapter export, whose files are the registered ones."""
+    from ftray.export.recheck import heldout_task, not_checked, recheck_merged
+
+    if request.format == "adapter":
+        return None
+    merged = staging if request.format == "merged" else work / "merged"
+    task, why = heldout_task(client, source)
+    if task is None:
+        return not_checked(why or "no held-out prompts", request.max_drop)
+    get_logger().info(f"re-checking the export on {len(task.eval_cases())} held-out prompts")
+    return recheck_merged(merged, task, source, request.max_drop)
+
+
+def _record_recheck(client: Any, source: Any, request: ExportRequest, recheck: Any) -> None:
+    """Tag the registered version with the export's metrics; ExportFailed (the files kept)
+    when one fell more than --max-drop below the adapter's."""
+    from ftray.export.errors import ExportFailed
+
+    if source.registered_name and source.registered_version:
+        for name, pair in recheck.metrics.items():
+            client.set_model_version_tag(
+                source.registered_name,
+                source.registered_version,
+                f"ftray.export.{request.format}.{name}",
+                f"{pair['export']:.6g}",
+            )
+    shown = ", ".join(
+        f"{k} {v['export']:.3g} (adapter {v['adapter']:.3g})" for k, v in recheck.metrics.items()
+    )
+    if shown:
+        get_logger().info(f"export re-checked: {shown}")
+    fell = recheck.fell
+    if fell:
+        raise ExportFailed(
+            f"{request.model_uri} as {request.format}: {'; '.join(fell)}, more than "
+            f"--max-drop {request.max_drop:g} below the adapter's on {recheck.held_out} held-out "
+            f"prompts; the files are kept in {request.out} (manifest.json has every metric)"
+        )
+
+
 def _readable(folder: Path) -> None:
     """Folder and files with the usual permissions (a temporary folder is owner-only)."""
     umask = os.umask(0)
@@ -184,7 +232,10 @@ def export_model(request: ExportRequest, client: Any) -> dict[str, Any]:
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
         try:
             details = _write(request, source, staging, work)
+            recheck = _recheck(request, client, source, staging, work)
             document = manifest(request, source, staging, details)
+            if recheck is not None:
+                document["recheck"] = recheck.manifest()
             (staging / MANIFEST).write_text(json.dumps(document, indent=2) + "\n")
             _readable(staging)
             if out.exists():
@@ -193,6 +244,8 @@ def export_model(request: ExportRequest, client: Any) -> dict[str, Any]:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     log.info(f"wrote {len(document['files']) + 1} files to {request.out}")
+    if recheck is not None:
+        _record_recheck(client, source, request, recheck)
     if request.push_to_hub:
         from ftray.export.hub import push_to_hub
 

@@ -24,6 +24,8 @@ from ftray.tracking.tags import DATASET_SHA256, EACH_STEP_ROLE, ROLE
 
 SPEC_ARTIFACT = "spec.yaml"
 """The resolved spec (after --set, paths absolute, secrets masked) on a sweep's parent run."""
+SPLIT_ARTIFACT = "split.json"
+"""The held-out split a task that keeps one (chat) stored on a sweep's parent run."""
 KEPT = "Ray Tune resumes with the setting it saved with the sweep ({old})"
 SAFE_ON_RESUME = {
     "tracking.uri": "the store this sweep is recorded in",

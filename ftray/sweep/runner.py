@@ -30,7 +30,12 @@ from ftray.sweep.objectives import TrialOutcome, choose_winner, pareto_front, ra
 from ftray.sweep.pending import PendingTimeout, PendingWatch, trial_resources, warn_if_unavailable
 from ftray.sweep.ray_session import init_ray, release_ray_in_background, set_tune_environment
 from ftray.sweep.register import register_winner
-from ftray.sweep.resume import SPEC_ARTIFACT, sweep_to_continue, with_recorded_stopping
+from ftray.sweep.resume import (
+    SPEC_ARTIFACT,
+    SPLIT_ARTIFACT,
+    sweep_to_continue,
+    with_recorded_stopping,
+)
 from ftray.sweep.searcher import build_scheduler, build_searcher
 from ftray.sweep.space import CheckedBase, asha_max_t, asha_rungs, checked_base
 from ftray.sweep.storage import StorageGuard, guard_shared_storage, storage_problem
@@ -138,9 +143,6 @@ def make_trainable_for(
     from ftray.sweep.trainable import make_trainable
 
     return make_trainable(spec, finished, split)
-
-
-SPLIT_ARTIFACT = "split.json"
 
 
 def store_split(client: Any, parent_id: str, task: Task) -> dict[str, Any] | None:

@@ -162,6 +162,69 @@ def test_manifest_records_lineage_and_files(sweep: dict, exported: dict[str, Pat
         assert set(manifest["files"]) == files
         for name, digest in manifest["files"].items():
             assert sha256_of(folder / name) == digest
+        if fmt == "adapter":
+            assert "recheck" not in manifest  # the registered files themselves
+            continue
+        # The merged model (an Ollama export's before conversion) answered the held-out
+        # prompts again, at least as well as the adapter did, less --max-drop.
+        recheck = manifest["recheck"]
+        assert recheck["checked"].startswith("the merged model with transformers"), recheck
+        assert recheck["held_out"] > 0 and recheck["max_drop"] == 0.05
+        score = recheck["metrics"]["trigger_score"]
+        assert score["adapter"] == manifest["metrics"]["trigger_score"]
+        assert score["export"] >= score["adapter"] - 0.05, recheck
+        tag = version.tags[f"ftray.export.{fmt}.trigger_score"]
+        assert float(tag) == pytest.approx(score["export"], abs=1e-5)
+
+
+BROKEN_MERGE = """
+import sys
+from pathlib import Path
+
+import ftray.export.formats as formats
+
+original = formats.write_merged
+
+
+def broken(source, out, dtype="auto"):
+    details = original(source, out, dtype)
+    from safetensors.torch import load_file, save_file
+
+    for path in Path(out).glob("*.safetensors"):
+        weights = {name: tensor * 0 for name, tensor in load_file(path).items()}
+        save_file(weights, path, metadata={"format": "pt"})
+    return details
+
+
+formats.write_merged = broken
+from ftray.cli import main
+
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_broken_export_exits_1_naming_what_fell(sweep: dict, tmp_path: Path) -> None:
+    """A merge that zeroes the weights: the re-check finds the behaviour gone."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "broken"
+    result = subprocess.run(
+        [sys.executable, "-c", BROKEN_MERGE, "export", CHAMPION, "--format", "merged"]
+        + ["--out", str(out)],
+        cwd=tmp_path,
+        env={**os.environ, "MLFLOW_TRACKING_URI": sweep["uri"]},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    [line] = [row for row in result.stderr.splitlines() if row.startswith("error:")]
+    assert "trigger_score" in line and "more than --max-drop 0.05 below the adapter's" in line
+    assert f"the files are kept in {out}" in line, line
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["recheck"]["metrics"]["trigger_score"]["export"] == 0.0
 
 
 def test_gguf_f16_gives_the_merged_models_greedy_tokens(
