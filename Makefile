@@ -43,7 +43,7 @@ test: install lint test-tools
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=30 tests
 
 # The benchmarks (bench/README.md): each prints its figure last as `<name>: <number>`; the
-# README's Performance table quotes their output, each figure beside its command.
+# table in docs/performance.md quotes their output, each figure beside its command.
 bench: install
 	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
 	$(BIN)/python bench/sweep_overhead.py --warm

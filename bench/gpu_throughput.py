@@ -5,7 +5,7 @@ model are present; elsewhere it says so and prints no figure.
     .venv/bin/python bench/gpu_throughput.py [--spec search_spaces/trigger_llama_gpu.yaml]
 
 Prints `gpu_throughput: <unsloth tokens/s / peft tokens/s>` last. Not yet run on a GPU:
-see the README's Performance section.
+see docs/performance.md.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""Make the README's pictures from a real demo sweep: MLflow's runs chart (a screenshot of
-the MLflow UI in headless Chromium) and the sweep's objective-per-epoch plot.
+"""Make the pictures of README.md and docs/tracking.md from a real demo sweep: MLflow's runs
+chart (a screenshot of the MLflow UI in headless Chromium) and the sweep's
+objective-per-epoch plot.
 
     .venv/bin/python docs/make_images.py            # runs two demo sweeps in a temp folder
     .venv/bin/python docs/make_images.py --store sqlite:////path/mlflow.db   # an existing one

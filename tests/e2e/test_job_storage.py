@@ -1,4 +1,4 @@
-"""`ray job submit --working-dir .` with a SQLite store, as the README's local path does it:
+"""`ray job submit --working-dir .` with a SQLite store, as docs/cluster.md's local path does it:
 the runs' artifacts, the registered version and Tune's results land beside the store, not
 in the job's unpacked package inside Ray's session folder, so the champion still loads once
 the head is stopped and its temp folder deleted."""

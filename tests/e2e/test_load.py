@@ -35,7 +35,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     with fresh_database("ftray_load") as database:
         # MLflow's default pool (5 connections + 10 overflow per worker) makes the 16th
         # concurrent request wait 30 s and then fail with 400, which clients do not retry:
-        # the pool covers every concurrent writer (README "Security").
+        # the pool covers every concurrent writer (docs/security.md).
         pool = {
             "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "32",
             "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "8",

@@ -40,7 +40,7 @@ CANARIES = [*ENV_CANARIES.values(), URL_PASSWORD, SET_SECRET]
 PICKLE_NAMES = ("adapter_model.bin", "pytorch_model.bin", "optimizer.pt", "training_args.bin")
 RAY_OWN_ENV_LOG = "runtime_env_agent.log"
 """Ray's log of the runtime environments it creates: Ray Tune copies AWS_* from the driver's
-environment into every trial's, and Ray writes them there (README "Security")."""
+environment into every trial's, and Ray writes them there (docs/security.md)."""
 
 
 def leaks(paths: list[Path], texts: dict[str, str] | None = None) -> list[str]:

@@ -1,7 +1,7 @@
 """On a CUDA machine with `ftray[gpu]` installed: one real Unsloth trial of the tiny spec.
 
 Skipped elsewhere (this project's CI has no GPU), so the Unsloth path stays listed as
-unverified in the README until this has run.
+unverified in docs/status.md until this has run.
 """
 
 from __future__ import annotations

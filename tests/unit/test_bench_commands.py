@@ -21,7 +21,7 @@ COMMAND = re.compile(r"(?:^|[`\s])((?:\S*python\S*\s+)?bench/\w+\.py(?:[^`\n]*))
 
 def documents() -> list[Path]:
     found = [ROOT / "README.md", ROOT / "bench" / "README.md", ROOT / "Makefile"]
-    return found + sorted((ROOT / "docs").glob("*.md"))
+    return found + sorted((ROOT / "docs").rglob("*.md"))
 
 
 def commands_in(text: str) -> list[tuple[str, list[str]]]:
