@@ -50,6 +50,7 @@ bench: install
 	$(BIN)/python bench/vs_handwritten.py --warm
 	$(BIN)/python bench/asha_savings.py
 	$(BIN)/python bench/search_efficiency.py
+	$(BIN)/python bench/plan_accuracy.py
 	$(BIN)/python bench/eval_throughput.py
 	$(BIN)/python bench/eval_throughput.py --spec search_spaces/pipeline_tiny.yaml
 	$(BIN)/python bench/memory.py

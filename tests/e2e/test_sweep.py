@@ -187,9 +187,10 @@ def test_leaderboard_command_reads_the_last_sweep(sweep: dict) -> None:
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert "trigger_score" in lines[1] and "lora.r" in lines[1]
-    assert len(lines) == 3 + 4
-    values = [float(line.split()[3]) for line in lines[3:]]
+    assert len(lines) == 3 + 4 + 1, result.stdout
+    values = [float(line.split()[3]) for line in lines[3:7]]
     assert values == sorted(values, reverse=True)
+    assert lines[-1].startswith("spent ") and " CPU-hours (completed " in lines[-1], lines[-1]
 
 
 def test_secret_canary_is_nowhere(sweep: dict) -> None:
