@@ -71,7 +71,7 @@ def heldout_task(client: Any, source: Any) -> tuple[Any, str | None]:
 
     from ftray.config import load_spec
     from ftray.errors import InputError
-    from ftray.sweep.resume import SPLIT_ARTIFACT, recorded_spec
+    from ftray.sweep.resume import recorded_spec, reuse_stored_split
     from ftray.tasks import load_task
 
     sweep_run_id = source.lineage.get("sweep_run_id")
@@ -88,18 +88,12 @@ def heldout_task(client: Any, source: Any) -> tuple[Any, str | None]:
             task = load_task(load_spec(path))
         except InputError as exc:
             return None, f"the sweep's task data cannot be read here ({exc.problems[0]})"
-    if task.split_record() is not None:
-        import json
-
-        import mlflow
-
-        try:
-            local = mlflow.artifacts.download_artifacts(
-                run_id=sweep_run_id, artifact_path=SPLIT_ARTIFACT, tracking_uri=client.tracking_uri
-            )
-            task.reuse_split(json.loads(Path(local).read_text()))
-        except Exception as exc:  # the split is missing or the data changed
-            return None, f"the sweep's held-out split cannot be used ({exc})"
+    try:
+        reuse_stored_split(client, sweep_run_id, task)
+    except RuntimeError:  # the sweep stored none
+        return None, f"sweep run {sweep_run_id} stored no held-out split"
+    except Exception as exc:  # the data changed since the sweep split it
+        return None, f"the sweep's held-out split cannot be used ({exc})"
     wanted = source.lineage.get("heldout_fingerprint")
     if wanted and task.heldout_fingerprint() != wanted:
         return None, "the task's held-out prompts here differ from the version's (fingerprint)"

@@ -26,6 +26,7 @@ from ray.tune.stopper import Stopper
 from ftray.config.search import BudgetSpec
 from ftray.log import get_logger
 from ftray.tracking.recorder import SweepRecorder
+from ftray.tracking.tags import TrialStatus
 
 log = get_logger()
 
@@ -69,7 +70,7 @@ class Budget:
         total = 0.0
         for record in self.recorder.records.values():
             seconds = record.spend.seconds
-            if record.status.value == "running" and not math.isnan(record.spend.reported_at):
+            if record.status is TrialStatus.RUNNING and not math.isnan(record.spend.reported_at):
                 seconds += max(0.0, now - record.spend.reported_at)  # since its last report
             total += self._charge(seconds)
         return total

@@ -246,3 +246,24 @@ def with_recorded_stopping(spec: Spec, parent: Any) -> Spec:
         f"(without a recorded choice it would stop on {spec.stopping})"
     )
     return spec.with_values({"search.prune.metric": metric, "search.prune.mode": mode})
+
+
+def reuse_stored_split(client: Any, parent_id: str, task: Task) -> dict[str, Any] | None:
+    """The split a sweep stored on its parent run, applied to `task` (tasks that keep one):
+    a resumed sweep's, or the registering sweep's for an export's re-check."""
+    if task.split_record() is None:
+        return None
+    import mlflow
+
+    try:
+        local = mlflow.artifacts.download_artifacts(
+            run_id=parent_id, artifact_path=SPLIT_ARTIFACT, tracking_uri=client.tracking_uri
+        )
+    except Exception as exc:  # MlflowException or OSError: the file is not there
+        raise RuntimeError(
+            f"the sweep to resume has no {SPLIT_ARTIFACT} on its parent run {parent_id}; "
+            "start a new sweep with --new"
+        ) from exc
+    record = json.loads(Path(local).read_text(encoding="utf-8"))
+    task.reuse_split(record)
+    return record

@@ -33,6 +33,7 @@ from ftray.sweep.register import register_winner
 from ftray.sweep.resume import (
     SPEC_ARTIFACT,
     SPLIT_ARTIFACT,
+    reuse_stored_split,
     sweep_to_continue,
     with_recorded_stopping,
 )
@@ -153,26 +154,6 @@ def store_split(client: Any, parent_id: str, task: Task) -> dict[str, Any] | Non
     return record
 
 
-def reuse_stored_split(client: Any, parent_id: str, task: Task) -> dict[str, Any] | None:
-    """The split an interrupted sweep stored, applied to `task` (tasks that keep one)."""
-    if task.split_record() is None:
-        return None
-    import mlflow
-
-    try:
-        local = mlflow.artifacts.download_artifacts(
-            run_id=parent_id, artifact_path=SPLIT_ARTIFACT, tracking_uri=client.tracking_uri
-        )
-    except Exception as exc:  # MlflowException or OSError: the file is not there
-        raise RuntimeError(
-            f"the sweep to resume has no {SPLIT_ARTIFACT} on its parent run {parent_id}; "
-            "start a new sweep with --new"
-        ) from exc
-    record = json.loads(Path(local).read_text(encoding="utf-8"))
-    task.reuse_split(record)
-    return record
-
-
 def driver_figures(log_seconds: list[float]) -> dict[str, float]:
     """What the sweep cost its driver, for the parent run: CPU-seconds and peak resident
     memory of this process so far, Optuna's proposal time (the median, and the median of the
@@ -211,7 +192,6 @@ def build_tuner(
 ) -> Any:
     """A fresh Tuner for the sweep; `watch` stops it when trials wait too long for resources."""
     from ray import tune
-    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     from ray.tune.stopper import CombinedStopper
 
     assert spec.search is not None
@@ -232,23 +212,36 @@ def build_tuner(
             # worker when the old one's trial has not let go within a couple of seconds.
             reuse_actors=True,
         ),
-        run_config=tune.RunConfig(
-            name=experiment_name,
-            storage_path=tune_storage_path(spec),
-            # Tune's per-trial result files, without its TensorBoard logger (run_sweep turns
-            # the default loggers off): TensorBoardX imports torch into the driver.
-            callbacks=[callback, watch, CSVLoggerCallback(), JsonLoggerCallback()],
-            stop=CombinedStopper(*stoppers) if len(stoppers) > 1 else stoppers[0],
-            # Two: a retried trial falls back to the older when the newer is corrupted.
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
-            verbose=0,
+        run_config=run_config(
+            spec,
+            experiment_name,
+            tune_storage_path(spec),
+            [callback, watch],
+            CombinedStopper(*stoppers) if len(stoppers) > 1 else stoppers[0],
         ),
     )
 
 
-def json_key(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, default=str)
+def run_config(
+    spec: Spec, name: str, storage_path: str, callbacks: list[Any], stop: Any = None
+) -> Any:
+    """Tune's RunConfig of a sweep's experiment (the search's, or its confirmation's)."""
+    from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    assert spec.search is not None
+    return tune.RunConfig(
+        name=name,
+        storage_path=storage_path,
+        # Tune's per-trial result files, without its TensorBoard logger (run_sweep turns
+        # the default loggers off): TensorBoardX imports torch into the driver.
+        callbacks=[*callbacks, CSVLoggerCallback(), JsonLoggerCallback()],
+        stop=stop,
+        # Two: a retried trial falls back to the older when the newer is corrupted.
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
+        verbose=0,
+    )
 
 
 def run_confirmation(
@@ -263,16 +256,16 @@ def run_confirmation(
     experiment beside the search's (`<its name>-confirm`), recorded under the same parent run.
     An interrupted confirmation runs again, whole, on --resume."""
     from ray import tune
-    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     assert spec.search is not None
     # Tune takes preset points only for keys its space has: each key with the values given.
     keys = list(dict.fromkeys(k for config in configs for k in config))
-    space = {
-        k: tune.choice(list({json_key(c[k]): c[k] for c in configs if k in c}.values()))
+    values = {
+        k: {json.dumps(c[k], sort_keys=True, default=str): c[k] for c in configs if k in c}
         for k in keys
     }
+    space = {k: tune.choice(list(distinct.values())) for k, distinct in values.items()}
     tuner = tune.Tuner(
         make_trainable_for(spec, split=split),
         param_space=space,
@@ -282,17 +275,11 @@ def run_confirmation(
             max_concurrent_trials=spec.search.max_concurrent_trials,
             reuse_actors=True,
         ),
-        run_config=tune.RunConfig(
-            name=experiment_path.rsplit("/", 1)[1] + "-confirm",
-            storage_path=storage_root,
-            callbacks=[
-                RecordTrials(parent_id, storage_root),
-                CSVLoggerCallback(),
-                JsonLoggerCallback(),
-            ],
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
-            verbose=0,
+        run_config=run_config(
+            spec,
+            experiment_path.rsplit("/", 1)[1] + "-confirm",
+            storage_root,
+            [RecordTrials(parent_id, storage_root)],
         ),
     )
     with library_prints_to_debug():
@@ -365,6 +352,12 @@ def collect_outcomes(spec: Spec, grid: Any, recorder: SweepRecorder) -> list[Tri
             )
         )
     return ranked(outcomes, spec.search.goals, spec.search.selection)
+
+
+def ended(outcomes: list[TrialOutcome]) -> int:
+    """How many trials ran to an end (finished or failed): fewer than Tune was given means
+    the run was interrupted."""
+    return sum(o.status.finished or o.status is TrialStatus.FAILED for o in outcomes)
 
 
 def prune_settings(spec: Spec) -> dict[str, Any] | None:
@@ -677,13 +670,14 @@ def run_sweep(
         from ftray.sweep.optuna_search import SUGGEST_SECONDS
 
         SUGGEST_SECONDS.clear()
+        # The wall time an earlier driver of this sweep recorded.
+        earlier = parent.data.metrics.get("wall_seconds", 0.0) if resume else 0.0
         if search.budget is not None:
-            earlier_wall = parent.data.metrics.get("wall_seconds", 0.0) if resume else 0.0
             budget = Budget(
                 search.budget,
                 recorder,
                 spec.train.epochs,
-                time.time() - earlier_wall - phases["prepare"],
+                time.time() - earlier - phases["prepare"],
             )
         with library_prints_to_debug():
             grid = tuner.fit()
@@ -696,9 +690,8 @@ def run_sweep(
         if stalled:
             raise PendingTimeout(stalled)
         outcomes = collect_outcomes(spec, grid, recorder)
-        terminal = [o for o in outcomes if o.status.finished or o.status is TrialStatus.FAILED]
         stopped_by_budget = budget is not None and (budget.declined > 0 or budget.spent_out)
-        if len(terminal) < search.num_trials and not stopped_by_budget:
+        if ended(outcomes) < search.num_trials and not stopped_by_budget:
             status = "KILLED"
             raise SweepInterrupted(experiment_path)
         confirmed: TrialOutcome | None = None
@@ -716,16 +709,13 @@ def run_sweep(
             )
             recorder.flush()
             extra = collect_outcomes(spec, confirm_grid, recorder)
-            if sum(o.status.finished or o.status is TrialStatus.FAILED for o in extra) < len(
-                configs
-            ):
+            if ended(extra) < len(configs):
                 status = "KILLED"
                 raise SweepInterrupted(experiment_path)
             confirmed = confirmed_winner(spec, groups_of(chosen, extra))
             outcomes = outcomes + extra
             phases["confirm"] = time.monotonic() - mark
         tag_pareto_front(spec, client, outcomes)
-        earlier = parent.data.metrics.get("wall_seconds", 0.0) if resume else 0.0
         summary = sweep_summary(spec, outcomes, earlier + time.monotonic() - started)
         summary |= spend_summary(spec, outcomes, recorder, summary)
         if budget is not None:
@@ -738,7 +728,7 @@ def run_sweep(
             )
         log_metrics(client, parent_id, summary, step=0)
         registration, reason = None, None
-        if search.confirm is not None and confirmed is not None:
+        if confirmed is not None:
             winner: TrialOutcome | None = confirmed
             client.set_tag(parent_id, CONFIRMED, confirmed.trial_id)
             shown = search.selection.metric

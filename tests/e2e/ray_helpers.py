@@ -86,6 +86,19 @@ def assert_sweep_finished_once(uri: str, num_trials: int) -> list:
     return finished
 
 
+def start_driver(args: list[str], work: Path, env: dict[str, str], log: Path) -> subprocess.Popen:
+    """`python -m ftray ARGS` in its own session in `work`, stdout and stderr to `log`
+    (stop it, and the Ray it started, with `kill_local_ray_of`)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "ftray", *args],
+        cwd=work,
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
 def kill_local_ray_of(driver: subprocess.Popen) -> None:
     """Stop the local Ray a killed driver started (its session name ends with the driver's pid)."""
     if driver.poll() is None:

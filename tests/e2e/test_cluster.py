@@ -26,6 +26,7 @@ from tests.e2e.ray_helpers import (
     all_runs,
     assert_sweep_finished_once,
     kill_local_ray_of,
+    start_driver,
     sweep_env,
     token_head,
     trial_runs,
@@ -44,15 +45,7 @@ def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
     env = {**os.environ, **sweep_env(tmp_path), "FTRAY_LEASE_SECONDS": str(LEASE_SECONDS)}
     uri = env["MLFLOW_TRACKING_URI"]
     args = ["sweep", str(SPECS / "trigger_tiny.yaml"), "--set", "search.num_trials=5", *SWEEP_ARGS]
-    log = (tmp_path / "first.log").open("w")
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "ftray", *args],
-        cwd=tmp_path,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    driver = start_driver(args, tmp_path, env, tmp_path / "first.log")
     try:
         wait_for(
             lambda: (

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +18,7 @@ from tests.e2e.ray_helpers import (
     all_runs,
     assert_sweep_finished_once,
     kill_local_ray_of,
+    start_driver,
     sweep_env,
     trial_runs,
     wait_for,
@@ -32,15 +31,7 @@ def test_a_live_sweep_is_neither_resumed_nor_started_again_beside_it(tmp_path: P
     env = {**os.environ, **sweep_env(tmp_path)}
     uri = env["MLFLOW_TRACKING_URI"]
     args = ["sweep", str(SPECS / "trigger_tiny.yaml"), "--set", "search.num_trials=3", *SWEEP_ARGS]
-    log = (tmp_path / "driver.log").open("w")
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "ftray", *args],
-        cwd=tmp_path,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    driver = start_driver(args, tmp_path, env, tmp_path / "driver.log")
     refused = {}
     try:
         wait_for(lambda: any(r.info.status == "RUNNING" for r in trial_runs(uri)), 240, "a trial")

@@ -464,7 +464,8 @@ def test_resume_takes_the_split_the_sweep_stored(tmp_path: Path) -> None:
     differently still trains and scores on the stored split."""
     from mlflow import MlflowClient
 
-    from ftray.sweep.runner import reuse_stored_split, store_split
+    from ftray.sweep.resume import reuse_stored_split
+    from ftray.sweep.runner import store_split
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run = client.create_run(client.create_experiment("chat"))
