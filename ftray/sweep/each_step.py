@@ -143,10 +143,7 @@ def run_each_step(
         lease = Lease.take_over(client, run).start()
         client.update_run(run.info.run_id, status="RUNNING")
     else:
-        last = latest_sweep_run(client, spec)
-        if not new:
-            refuse_live(last)
-        refuse_unfinished(last, new)
+        refuse_unfinished(latest_sweep_run(client, spec), new)
         lease, lease_tags = Lease.for_new_run(uri)
         run = open_each_step_run(spec, client, steps, lease_tags)
         lease.start(run.info.run_id)

@@ -59,9 +59,13 @@ class UnfinishedSweep(Exception):
 
 
 def refuse_unfinished(last: Any | None, new: bool) -> None:
-    """UnfinishedSweep when a new sweep (or each-step run) is asked for without `new` while
-    `last`, the spec's latest sweep run, has not finished."""
-    if last is not None and last.info.status in UNFINISHED and not new:
+    """When a new sweep (or each-step run) is asked for without `new`: SweepRunning while
+    `last`, the spec's latest sweep run, has a live lease, else UnfinishedSweep while it has
+    not finished."""
+    if new:
+        return
+    refuse_live(last)
+    if last is not None and last.info.status in UNFINISHED:
         raise UnfinishedSweep(last)
 
 
@@ -206,11 +210,10 @@ def sweep_to_continue(
             )
     else:
         last = latest_sweep_run(client, spec)
-        if not new or resume:
-            refuse_live(last)
         if not resume:
             refuse_unfinished(last, new)
             return None
+        refuse_live(last)
         if last is None:
             raise InputError.at(
                 spec.source.path,
